@@ -1,0 +1,1 @@
+"""winnow orchestration: config, inputs, runners, manifests, stats, CLI."""

@@ -1,0 +1,183 @@
+"""The `winnow` command line. User mistakes print one line and exit 2; no traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+from pipeline.errors import WinnowError
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def cmd_stages(args) -> int:
+    from stages import registry
+    from stages.base import GlobalStage, GroupStage
+
+    for name, cls in registry().items():
+        kind = "global" if issubclass(cls, GlobalStage) else "group" if issubclass(cls, GroupStage) else "map"
+        res = cls.resources
+        print(f"{name}  [{kind}, cpus={res.cpus:g}, gpus={res.gpus:g}, batch_size={cls.batch_size}]")
+        print(f"    {cls.help}")
+        for p in cls.params:
+            choices = f" one of {list(p.choices)}" if p.choices else ""
+            print(f"    --set {p.name}=<{p.type.__name__}>  default {json.dumps(p.default)}{choices}: {p.help}")
+        print()
+    return 0
+
+
+def cmd_stage(args) -> int:
+    """One stage on one input in-process: a pipeline of one stage through the local runner."""
+    import yaml
+
+    from pipeline.config import parse_columns, parse_pipeline, parse_set
+    from pipeline.run import execute
+
+    params = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise WinnowError(f"--config {args.config}: {exc.strerror}") from None
+        if not isinstance(loaded, dict):
+            raise WinnowError(f"--config {args.config}: must be a mapping of parameter: value")
+        params.update(loaded)
+    params.update(parse_set(args.set or []))
+    cfg = parse_pipeline({"input": args.input, "output": args.output, "columns": parse_columns(args.columns),
+                          "seed": args.seed, "write_kept": args.kept,
+                          "stages": [{"stage": args.name, **params}]}, source=f"stage {args.name}")
+    stats = execute(cfg, args.output, runner="local", progress=not args.quiet)
+    _summary(stats, args.output)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipeline.config import load_pipeline
+    from pipeline.run import execute
+
+    cfg = load_pipeline(args.pipeline, {"output": args.output})
+    if not cfg.output:
+        raise WinnowError(f"{args.pipeline}: no 'output' in the file and no --output given")
+    stats = execute(cfg, cfg.output, runner=args.runner, address=args.address, progress=not args.quiet)
+    _summary(stats, cfg.output)
+    _maybe_report(cfg.output)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from pipeline.sample import write_sample
+
+    info = write_sample(args.output, args.rows, shards=args.shards, seed=args.seed, mismatch=args.mismatch)
+    print(f"wrote {info['rows']} rows in {len(info['shards'])} shard(s) to {args.output}")
+    print("planted: " + ", ".join(f"{k}={v}" for k, v in info["planted"].items()))
+    print(f"ground truth: {os.path.join(args.output, 'ground_truth', 'ground_truth.parquet')}")
+    return 0
+
+
+def _delegate(module: str, func: str = "main"):
+    """Commands whose code lives in its own module, imported only when used."""
+
+    def run(args) -> int:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                raise WinnowError(f"command not available in this build ({module} missing)") from None
+            raise
+        return getattr(mod, func)(args) or 0
+
+    return run
+
+
+def _summary(stats: dict, out: str) -> None:
+    print(f"{stats['rows_in']} rows in, runner {stats['runner']}, {stats['seconds']:.1f}s")
+    for name, st in stats["stages"].items():
+        rej = ", ".join(f"{k}={v}" for k, v in st["rejected"].items()) or "none"
+        print(f"  {name}: in {st['rows_in']}, kept {st['kept']}, rejected: {rej}")
+    print(f"outputs: {out}/manifest, {out}/stats.json, {out}/pipeline.json")
+
+
+def _maybe_report(out: str) -> None:
+    try:
+        from pipeline.report import write_report
+    except ImportError:
+        return
+    print(f"report: {write_report(out)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="winnow", description="Curate image-text datasets: filter, dedup, balance, recaption.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stages", help="list every stage with its parameters")
+    s.set_defaults(func=cmd_stages)
+
+    s = sub.add_parser("stage", help="run one stage on one input in-process (no Ray)")
+    s.add_argument("name")
+    s.add_argument("--input", required=True, help="Parquet/CSV/TSV/JSONL file, directory or glob")
+    s.add_argument("--output", required=True, help="output directory")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="stage parameter (repeatable)")
+    s.add_argument("--config", help="YAML file of stage parameters")
+    s.add_argument("--columns", help="column mapping, e.g. url=URL,caption=TEXT")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--kept", action="store_true", help="also write OUT/kept/ (kept rows with image bytes)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.set_defaults(func=cmd_stage)
+
+    s = sub.add_parser("run", help="run a pipeline YAML (embedded local Ray by default)")
+    s.add_argument("pipeline")
+    s.add_argument("--output", help="output directory (overrides the file's 'output')")
+    s.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    s.add_argument("--runner", choices=["ray", "local"], default="ray")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("submit", help="submit a pipeline to a Ray cluster through the Jobs API")
+    s.add_argument("pipeline")
+    s.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    s.add_argument("--output", help="output directory on the cluster")
+    s.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
+    s.set_defaults(func=_delegate("pipeline.submit"))
+
+    s = sub.add_parser("sample", help="write synthetic image-text shards with planted problems")
+    s.add_argument("--output", required=True)
+    s.add_argument("--rows", type=int, required=True)
+    s.add_argument("--shards", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mismatch", type=float, default=0.0, help="fraction of clean rows given another row's caption")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("train-dfn", help="train or fine-tune a filter CLIP on a high-quality set")
+    s.add_argument("--data", required=True, help="Parquet with image bytes and captions")
+    s.add_argument("--model", required=True, help="model spec, e.g. open_clip:ViT-B-32 or a local checkpoint")
+    s.add_argument("--output", required=True, help="checkpoint path to write")
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--lr", type=float, default=5e-4)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_delegate("pipeline.train_dfn"))
+
+    s = sub.add_parser("report", help="write RUN_DIR/report.html")
+    s.add_argument("run_dir")
+    s.set_defaults(func=_delegate("pipeline.report"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WinnowError as exc:
+        print(f"winnow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("winnow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Pipelines are data: a YAML file validated up front, so a typo fails before anything runs.
+
+```yaml
+input: data/shards/            # file, directory or glob
+columns: {caption: alt_text}   # optional canonical -> source column mapping
+output: runs/demo
+seed: 0
+write_kept: true
+stages:
+  - stage: basic_filter        # stage type (see `winnow stages`)
+    name: basic                # optional instance name (defaults to the type)
+    min_words: 3               # parameters, flat
+```
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pipeline.errors import WinnowError
+
+TOP_LEVEL_KEYS = {"input", "columns", "output", "seed", "write_kept", "stages", "runner"}
+RUNNER_KEYS = {"address", "progress", "max_rows_per_file"}
+
+
+@dataclass
+class StageSpec:
+    type: str
+    name: str
+    params: dict[str, Any]
+
+
+@dataclass
+class PipelineConfig:
+    input: str
+    output: str | None
+    stages: list[StageSpec]
+    columns: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+    write_kept: bool = True
+    runner: dict[str, Any] = field(default_factory=dict)
+    source: str = "<pipeline>"
+
+    def build_stages(self):
+        """Instantiate (and so validate) every stage; raises WinnowError on the first problem."""
+        from stages import get_stage
+
+        return [get_stage(s.type)(instance_name=s.name, seed=self.seed, **s.params) for s in self.stages]
+
+    def to_dict(self) -> dict:
+        return {
+            "input": self.input, "output": self.output, "columns": self.columns, "seed": self.seed,
+            "write_kept": self.write_kept, "runner": self.runner,
+            "stages": [{"stage": s.type, "name": s.name, **s.params} for s in self.stages],
+        }
+
+
+def load_pipeline(path: str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    if not os.path.isfile(path):
+        raise WinnowError(f"pipeline file {path}: not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise WinnowError(f"pipeline file {path}{where}: not valid YAML") from None
+    data = dict(data or {}) if isinstance(data, dict) or data is None else None
+    if data is None:
+        raise WinnowError(f"pipeline file {path}: must be a mapping with 'input' and 'stages'")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return parse_pipeline(data, path)
+
+
+def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineConfig:
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise WinnowError(f"{source}: unknown key '{unknown[0]}'; valid: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    if not data.get("input"):
+        raise WinnowError(f"{source}: missing 'input' (a file, directory or glob of shards)")
+    if not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise WinnowError(f"{source}: 'stages' must be a non-empty list")
+    _expect(data, "seed", int, source)
+    _expect(data, "write_kept", bool, source)
+    _expect(data, "columns", dict, source)
+    _expect(data, "runner", dict, source)
+    runner = data.get("runner") or {}
+    bad = sorted(set(runner) - RUNNER_KEYS)
+    if bad:
+        raise WinnowError(f"{source}: unknown key 'runner.{bad[0]}'; valid: {', '.join(sorted(RUNNER_KEYS))}")
+    specs, names = [], set()
+    for i, entry in enumerate(data["stages"]):
+        if not isinstance(entry, dict) or "stage" not in entry:
+            raise WinnowError(f"{source}: stages[{i}] must be a mapping with a 'stage' key")
+        params = {k: v for k, v in entry.items() if k not in ("stage", "name")}
+        if isinstance(params.get("params"), dict) and len(params) == 1:
+            params = params["params"]
+        name = entry.get("name") or entry["stage"]
+        if name in names:
+            raise WinnowError(f"{source}: stages[{i}]: duplicate stage name '{name}'; give it a distinct 'name'")
+        names.add(name)
+        specs.append(StageSpec(str(entry["stage"]), str(name), params))
+    cfg = PipelineConfig(
+        input=str(data["input"]), output=data.get("output"), stages=specs, columns=data.get("columns") or {},
+        seed=data.get("seed", 0), write_kept=data.get("write_kept", True), runner=runner, source=source,
+    )
+    try:
+        cfg.build_stages()
+    except WinnowError as exc:
+        raise WinnowError(f"{source}: {exc}") from None
+    return cfg
+
+
+def _expect(data: dict, key: str, typ: type, source: str) -> None:
+    if key in data and data[key] is not None and (not isinstance(data[key], typ) or
+                                                   (typ is int and isinstance(data[key], bool))):
+        raise WinnowError(f"{source}: '{key}' must be {typ.__name__}, got {type(data[key]).__name__}")
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are YAML scalars (``3``, ``0.5``, ``true``, ``[en, fr]``)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise WinnowError(f"--set {item}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def parse_columns(spec: str | None) -> dict[str, str]:
+    """``--columns url=URL,caption=TEXT``."""
+    if not spec:
+        return {}
+    out = {}
+    for part in spec.split(","):
+        if "=" not in part:
+            raise WinnowError(f"--columns {spec}: expected canonical=source pairs, e.g. url=URL,caption=TEXT")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out

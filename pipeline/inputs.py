@@ -1,0 +1,190 @@
+"""Reading input shards in the layouts people actually have, into winnow's canonical columns.
+
+Recognised without flags: LAION/img2dataset inputs (``URL``/``TEXT``), ``url``/``caption``,
+Conceptual Captions TSV (``caption<TAB>url``, no header), img2dataset output (``jpg``,
+``caption``, ``status``, ...). ``columns`` (canonical -> source name) overrides the guess.
+Unknown extra columns are carried through untouched.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.errors import WinnowError
+
+EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+# canonical column -> source names we recognise, in order of preference
+ALIASES = {
+    "uid": ["uid"],
+    "url": ["url", "URL", "image_url", "img_url"],
+    "caption": ["caption", "TEXT", "text", "alt_text", "alt"],
+    "image": ["image", "jpg", "png", "webp", "image_bytes"],
+    "width": ["width"],
+    "height": ["height"],
+}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One input file; ``index`` fixes output names so reruns overwrite instead of duplicating."""
+
+    path: str
+    index: int
+    format: str
+
+    @property
+    def stem(self) -> str:
+        return f"{self.index:05d}"
+
+
+def list_shards(spec: str) -> list[Shard]:
+    """Expand a file, directory or glob into shards, sorted for determinism."""
+    if os.path.isdir(spec):
+        paths = [os.path.join(spec, f) for f in os.listdir(spec) if _format_of(f)]
+        paths = [p for p in paths if os.path.isfile(p)]
+    elif any(ch in spec for ch in "*?["):
+        paths = [p for p in glob.glob(spec) if _format_of(p)]
+    elif os.path.isfile(spec):
+        if not _format_of(spec):
+            raise WinnowError(f"input {spec}: unsupported file type; use .parquet, .csv, .tsv or .jsonl")
+        paths = [spec]
+    else:
+        raise WinnowError(f"input {spec}: no such file or directory")
+    if not paths:
+        raise WinnowError(f"input {spec}: no .parquet, .csv, .tsv or .jsonl files found")
+    return [Shard(p, i, _format_of(p)) for i, p in enumerate(sorted(paths))]
+
+
+def _format_of(path: str) -> str | None:
+    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
+
+
+def read_shard(shard: Shard, columns: dict[str, str] | None = None) -> pa.Table:
+    """Read one shard and map it to canonical columns; assigns uids when the input has none."""
+    try:
+        raw = _read_raw(shard)
+    except WinnowError:
+        raise
+    except Exception as exc:  # pyarrow/csv/json errors carry no file name: add it
+        raise WinnowError(f"input {shard.path}: cannot be read as {shard.format} ({_first_line(exc)})") from None
+    table = canonicalize(raw, columns or {}, shard.path)
+    if "uid" not in table.column_names:
+        table = table.append_column("uid", assign_uids(table))
+    return table
+
+
+def _read_raw(shard: Shard) -> pa.Table:
+    if shard.format == "parquet":
+        return pq.read_table(shard.path)
+    if shard.format == "jsonl":
+        with open(shard.path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return pa.Table.from_pylist(rows) if rows else pa.table({})
+    return _read_delimited(shard.path, "\t" if shard.format == "tsv" else ",")
+
+
+def _read_delimited(path: str, delimiter: str) -> pa.Table:
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        first = f.readline()
+    header = next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
+    known = {a for names in ALIASES.values() for a in names}
+    has_header = any(h.strip() in known for h in header)
+    read = pacsv.ReadOptions(column_names=None if has_header else _headerless_names(header))
+    parse = pacsv.ParseOptions(delimiter=delimiter, quote_char=False if delimiter == "\t" else '"',
+                               newlines_in_values=delimiter != "\t")
+    # Everything as strings: a caption like "1984" must not become an integer.
+    names = header if has_header else read.column_names
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False)
+    return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+
+
+def _headerless_names(first_row: list[str]) -> list[str]:
+    """No header: Conceptual Captions is ``caption<TAB>url``; otherwise guess which field is the URL."""
+    if len(first_row) == 2 and _looks_like_url(first_row[1]):
+        return ["caption", "url"]
+    if len(first_row) == 2 and _looks_like_url(first_row[0]):
+        return ["url", "caption"]
+    if len(first_row) == 1 and _looks_like_url(first_row[0]):
+        return ["url"]
+    return [f"column_{i}" for i in range(len(first_row))]
+
+
+def _looks_like_url(value: str) -> bool:
+    return value.strip().lower().startswith(("http://", "https://", "ftp://", "file://", "data:"))
+
+
+def canonicalize(table: pa.Table, columns: dict[str, str], source: str) -> pa.Table:
+    """Rename recognised source columns to canonical names and give them canonical types."""
+    renames: dict[str, str] = {}
+    for canon, src in columns.items():
+        if canon not in ALIASES:
+            raise WinnowError(f"column mapping: unknown canonical column '{canon}'; valid: {', '.join(ALIASES)}")
+        if src not in table.column_names:
+            raise WinnowError(f"input {source}: mapped column '{src}' (for '{canon}') not found; "
+                              f"columns are: {', '.join(table.column_names)}")
+        renames[src] = canon
+    for canon, names in ALIASES.items():
+        if canon in renames.values():
+            continue
+        for name in names:
+            if name in table.column_names and name not in renames:
+                renames[name] = canon
+                break
+    out = {}
+    for name in table.column_names:
+        target = renames.get(name, name)
+        if target in out:  # keep the first mapped one; a clashing original keeps its own name
+            target = f"{name}_original"
+        out[target] = table[name]
+    table = pa.table(out)
+    wanted = {"uid": pa.string(), "url": pa.string(), "caption": pa.string(), "image": pa.binary(),
+              "width": pa.int32(), "height": pa.int32()}
+    for name, typ in wanted.items():
+        if name in table.column_names and table.schema.field(name).type != typ:
+            try:
+                table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(typ))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise WinnowError(f"input {source}: column '{name}' has type {table.schema.field(name).type}, "
+                                  f"expected {typ}") from None
+    if "url" not in table.column_names and "image" not in table.column_names:
+        raise WinnowError(f"input {source}: no URL or image column found (columns: {', '.join(table.column_names)}); "
+                          "name them with --columns url=COL,caption=COL")
+    return table
+
+
+def assign_uids(table: pa.Table) -> pa.Array:
+    """Deterministic uids from content: the same input gives the same uids on every run.
+
+    A hash of (url, caption) — of the image bytes when there is no url — plus an occurrence
+    number for identical rows within the shard, so uids stay unique there.
+    """
+    urls = table["url"].to_pylist() if "url" in table.column_names else [None] * table.num_rows
+    caps = table["caption"].to_pylist() if "caption" in table.column_names else [None] * table.num_rows
+    imgs = table["image"] if "image" in table.column_names else None
+    seen: dict[str, int] = {}
+    uids = []
+    for i, (url, cap) in enumerate(zip(urls, caps)):
+        h = hashlib.blake2b(digest_size=10)
+        h.update((url or "").encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+        h.update((cap or "").encode("utf-8", "surrogatepass"))
+        if url is None and imgs is not None:
+            h.update(imgs[i].as_py() or b"")
+        key = h.hexdigest()
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        uids.append(key if n == 0 else f"{key}-{n}")
+    return pa.array(uids, pa.string())
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,132 @@
+"""The in-process runner: shard after shard, no Ray. The reference the Ray runner must equal.
+
+Each segment's output is checkpointed per shard under ``OUT/work/seg-K/`` (the Parquet file is
+the completion marker, its stats sit beside it), and each barrier's artifact under
+``OUT/artifacts/``; a rerun skips whatever exists, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import outputs, plan as plan_mod
+from pipeline import stats as stats_mod
+from pipeline.errors import WinnowError
+from pipeline.inputs import Shard, read_shard
+from pipeline.stats import Progress
+from stages.base import GlobalStage, GroupStage, Stage, ensure_reject_columns
+
+
+INPUT_ROWS = "__input__"
+
+
+def seg_dir(out: str, k: int) -> str:
+    return os.path.join(out, "work", f"seg-{k}")
+
+
+def part_path(out: str, k: int, shard: Shard) -> str:
+    return os.path.join(seg_dir(out, k), f"part-{shard.stem}.parquet")
+
+
+def artifact_path(out: str, stage: Stage) -> str:
+    return os.path.join(out, "artifacts", f"{stage.instance_name}.json")
+
+
+def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str],
+              progress: Progress) -> dict:
+    """Run every segment over every shard; returns per-stage stats merged over the run."""
+    segments = plan_mod.make_plan(stages)
+    stats: dict[str, dict] = {}
+    input_rows: dict[int, int] = {}
+    for k, seg in enumerate(segments):
+        for shard in shards:
+            path = part_path(out, k, shard)
+            if not os.path.exists(path):
+                table = _load_input(out, k, shard, columns, stages)
+                n_in = table.num_rows
+                table, st = plan_mod.run_steps(seg.steps, table)
+                if k == 0:
+                    st[INPUT_ROWS] = {"rows": n_in}
+                outputs.write_json_atomic(st, path + ".stats.json")
+                outputs.write_parquet_atomic(table, path)
+                for name, s in st.items():
+                    if name != INPUT_ROWS:
+                        progress.report(name, f"shard {shard.stem}", s)
+            with open(path + ".stats.json", encoding="utf-8") as f:
+                for name, s in json.load(f).items():
+                    if name == INPUT_ROWS:
+                        input_rows[shard.index] = s["rows"]
+                    else:
+                        stats[name] = stats_mod.merge(stats.get(name, {}), s)
+        if isinstance(seg.barrier, GlobalStage):
+            artifact = _global_barrier(seg.barrier, out, k, shards)
+            segments[k + 1].steps[0].artifact = artifact
+        elif isinstance(seg.barrier, GroupStage):
+            st = _group_barrier(seg.barrier, out, k, shards)
+            stats[seg.barrier.instance_name] = stats_mod.merge(stats.get(seg.barrier.instance_name, {}), st)
+            progress.report(seg.barrier.instance_name, "all shards", st)
+    final = [_final_part(out, len(segments) - 1, s) for s in shards]
+    return {"stages": stats, "final_parts": final, "input_rows": input_rows}
+
+
+def _final_part(out: str, k: int, shard: Shard) -> str:
+    path = part_path(out, k, shard)
+    grouped = path.replace(".parquet", ".grouped.parquet")
+    return grouped if os.path.exists(grouped) else path
+
+
+def _load_input(out: str, k: int, shard: Shard, columns: dict[str, str], stages: list[Stage]) -> pa.Table:
+    if k > 0:
+        prev = part_path(out, k - 1, shard)
+        grouped = prev.replace(".parquet", ".grouped.parquet")
+        return pq.read_table(grouped if os.path.exists(grouped) else prev)
+    table = ensure_reject_columns(read_shard(shard, columns))
+    if stages:
+        stages[0].check_columns(table.schema, f"input {shard.path}")
+    return table
+
+
+def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard]) -> dict:
+    path = artifact_path(out, stage)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    parts = [plan_mod.global_partial(stage, pq.read_table(part_path(out, k, s))) for s in shards]
+    artifact = stage.finalize(stage.combine(parts))
+    outputs.write_json_atomic(artifact, path)
+    return artifact
+
+
+def _group_barrier(stage: GroupStage, out: str, k: int, shards: list[Shard]) -> dict:
+    """Group over the whole run (not per shard): concatenate, decide, split back per shard."""
+    import time
+
+    import pyarrow.compute as pc
+
+    done = [part_path(out, k, s).replace(".parquet", ".grouped.parquet") for s in shards]
+    stats_path = os.path.join(seg_dir(out, k), f"group-{stage.instance_name}.stats.json")
+    if all(os.path.exists(p) for p in done) and os.path.exists(stats_path):
+        with open(stats_path, encoding="utf-8") as f:
+            return json.load(f)
+    tables = [pq.read_table(part_path(out, k, s)) for s in shards]
+    tagged = [t.append_column("__shard", pa.array([i] * t.num_rows, pa.int32())) for i, t in enumerate(tables)]
+    whole = pa.concat_tables(tagged, promote_options="permissive")
+    n_live = plan_mod.count_live(whole)
+    t0 = time.perf_counter()
+    decided = plan_mod.group_live_rows(stage, whole)
+    st = stats_mod.count_stage(n_live, decided, stage.instance_name, time.perf_counter() - t0)
+    for i, path in enumerate(done):
+        part = decided.filter(pc.equal(decided["__shard"], i)).drop_columns(["__shard"])
+        outputs.write_parquet_atomic(part, path)
+    outputs.write_json_atomic(st, stats_path)
+    return st
+
+
+def check_conservation(shards: list[Shard], manifest_rows: dict[int, int], input_rows: dict[int, int]) -> None:
+    for s in shards:
+        if manifest_rows.get(s.index) != input_rows.get(s.index):
+            raise WinnowError(f"conservation violated for {s.path}: {input_rows.get(s.index)} input rows, "
+                              f"{manifest_rows.get(s.index)} manifest rows")

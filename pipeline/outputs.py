@@ -1,0 +1,77 @@
+"""Writing a run's outputs (DESIGN.md §5): atomic, deterministic names, so retries overwrite."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import WinnowError
+from stages.base import REJECT_STAGE
+
+# Columns never copied into the manifest: bytes belong in kept/, not in the decision record.
+MANIFEST_EXCLUDED_TYPES = (pa.binary(), pa.large_binary())
+
+
+def ensure_writable_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise WinnowError(f"output {path}: not writable ({exc.strerror or exc})") from None
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+    os.replace(tmp, path)
+
+
+def manifest_view(table: pa.Table) -> pa.Table:
+    """One row per input sample with scores and decision: everything but raw bytes."""
+    keep = [f.name for f in table.schema if f.type not in MANIFEST_EXCLUDED_TYPES]
+    return table.select(keep)
+
+
+def kept_view(table: pa.Table) -> pa.Table:
+    """Training-ready rows: kept only, with image bytes and captions."""
+    import pyarrow.compute as pc
+
+    if REJECT_STAGE not in table.column_names:
+        return table
+    return table.filter(pc.is_null(table[REJECT_STAGE]))
+
+
+def package_versions() -> dict:
+    names = ["pyarrow", "ray", "torch", "torchvision", "open_clip_torch", "transformers", "faiss-cpu",
+             "fasttext-numpy2", "img2dataset", "pyahocorasick", "numpy", "pillow"]
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def input_listing(shards) -> list[dict]:
+    out = []
+    for s in shards:
+        st = os.stat(s.path)
+        out.append({"index": s.index, "path": os.path.abspath(s.path), "format": s.format, "bytes": st.st_size,
+                    "mtime": int(st.st_mtime)})
+    return out

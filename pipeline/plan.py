@@ -1,0 +1,139 @@
+"""A pipeline as segments of row-wise steps separated by barriers; shared by the local and Ray runners.
+
+Map stages are one step each. A global stage is a ``prepare`` step at the end of its segment, a
+barrier (partial -> combine -> finalize = artifact) and an ``apply`` step opening the next segment.
+A group stage is a ``prepare`` step (computes the key), then a barrier where rows sharing a key are
+decided together. Runners differ only in how they move tables between steps and do barriers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline import stats as stats_mod
+from stages.base import GlobalStage, GroupStage, MapStage, Stage, live_mask, run_on_live_rows
+
+
+@dataclass
+class Step:
+    """One row-wise transform of a table; ``kind`` is map, prepare or apply."""
+
+    stage: Stage
+    kind: str
+    artifact: dict | None = None
+
+    def run(self, table: pa.Table) -> tuple[pa.Table, dict]:
+        """Apply the step to the live rows; returns the table and this step's stats for its stage."""
+        stage = self.stage
+        stage.ensure_setup()
+        n_live = count_live(table)
+        t0 = time.perf_counter()
+        if self.kind == "map":
+            out = run_on_live_rows(table, stage.process_batch, stage.produces())
+        elif self.kind == "prepare":
+            out = run_on_live_rows(table, stage.prepare, stage.produces())
+        elif self.kind == "apply":
+            if self.artifact is None:
+                raise RuntimeError(f"stage {stage.instance_name}: apply step without its artifact")
+            artifact = self.artifact
+            out = run_on_live_rows(table, lambda t: stage.apply(t, artifact), stage.produces())
+        else:  # pragma: no cover
+            raise ValueError(self.kind)
+        seconds = time.perf_counter() - t0
+        if self.kind == "prepare":  # the decision (and its counts) comes after the barrier
+            return out, {"rows_in": 0, "kept": 0, "rejected": {}, "seconds": seconds}
+        return out, stats_mod.count_stage(n_live, out, stage.instance_name, seconds)
+
+
+@dataclass
+class Segment:
+    steps: list[Step] = field(default_factory=list)
+    barrier: Stage | None = None  # GlobalStage or GroupStage ending this segment
+
+
+def make_plan(stages: list[Stage]) -> list[Segment]:
+    segments = [Segment()]
+    for stage in stages:
+        if isinstance(stage, (GlobalStage, GroupStage)):
+            segments[-1].steps.append(Step(stage, "prepare"))
+            segments[-1].barrier = stage
+            segments.append(Segment())
+            if isinstance(stage, GlobalStage):
+                segments[-1].steps.append(Step(stage, "apply"))
+        elif isinstance(stage, MapStage):
+            segments[-1].steps.append(Step(stage, "map"))
+        else:
+            raise TypeError(f"{stage!r} is not a MapStage, GlobalStage or GroupStage")
+    if not segments[-1].steps and len(segments) > 1:
+        segments.pop()
+    return segments
+
+
+def run_steps(steps: list[Step], table: pa.Table) -> tuple[pa.Table, dict[str, dict]]:
+    """Run a segment's steps on one table, collecting per-stage stats."""
+    by_stage: dict[str, dict] = {}
+    for step in steps:
+        table, st = step.run(table)
+        name = step.stage.instance_name
+        by_stage[name] = stats_mod.merge(by_stage.get(name, {}), st)
+    return table, by_stage
+
+
+def global_partial(stage: GlobalStage, table: pa.Table) -> Any:
+    """The stage's partial over the live rows of one table."""
+    stage.ensure_setup()
+    live = table.filter(live_mask(table)) if table.num_rows else table
+    return stage.partial(live)
+
+
+def group_live_rows(stage: GroupStage, table: pa.Table) -> pa.Table:
+    """Decide every key group with two or more live rows (table may span shards); others pass through.
+
+    Used by the local runner on the whole run; the Ray runner does the same per group after a shuffle.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    stage.ensure_setup()
+    key = stage.key_column
+    eligible = pc.and_(live_mask(table), pc.is_valid(table[key]))
+    idx = np.flatnonzero(eligible.to_numpy(zero_copy_only=False))
+    if len(idx) == 0:
+        return table
+    sub = table.take(pa.array(idx)).append_column("__pos", pa.array(idx))
+    sub = sub.sort_by([(key, "ascending"), ("uid", "ascending")])
+    keys = sub[key].to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    decided = []
+    for s, e in zip(starts, ends):
+        if e - s > 1:
+            decided.append(stage.decide_group(sub.slice(s, e - s)))
+    if not decided:
+        return table
+    decided_t = pa.concat_tables(decided, promote_options="permissive")
+    return replace_rows(table, decided_t)
+
+
+def replace_rows(table: pa.Table, decided: pa.Table) -> pa.Table:
+    """Put decided rows (carrying ``__pos``) back at their positions in ``table``."""
+    import numpy as np
+
+    pos = decided["__pos"].to_numpy()
+    decided = decided.drop_columns(["__pos"])
+    keep = np.ones(table.num_rows, bool)
+    keep[pos] = False
+    rest_idx = np.flatnonzero(keep)
+    rest = table.take(pa.array(rest_idx))
+    merged = pa.concat_tables([rest, decided.select(rest.schema.names).cast(rest.schema)])
+    order = np.argsort(np.concatenate([rest_idx, pos]), kind="stable")
+    return merged.take(pa.array(order))
+
+
+def count_live(table: pa.Table) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(live_mask(table)).as_py() or 0) if table.num_rows else 0

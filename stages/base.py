@@ -1,0 +1,254 @@
+"""The Stage API: what a stage declares and the narrow methods it implements.
+
+A stage is pure row-batch logic on ``pyarrow.Table``s. Batching, timing, counting and the
+"already rejected rows pass through untouched" rule live here and in the runners, so a stage
+module only says how to score or judge the live rows it is given. Stages never import ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.errors import WinnowError
+
+REJECT_STAGE = "reject_stage"
+REJECT_REASON = "reject_reason"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of this stage needs; the Ray adapter turns it into num_cpus/num_gpus."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-settable parameter: shown by ``winnow stages`` and validated before anything runs."""
+
+    name: str
+    type: type  # one of int, float, bool, str, list, dict
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """Return ``value`` checked against this parameter's type, or raise a one-line WinnowError."""
+        if value is None and self.default is None:
+            return None
+        t = self.type
+        ok = (
+            (t is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (t is int and isinstance(value, int) and not isinstance(value, bool))
+            or (t not in (int, float) and isinstance(value, t))
+        )
+        if not ok:
+            raise WinnowError(
+                f"{where}: parameter '{self.name}' must be {t.__name__}, got {type(value).__name__} {value!r}"
+            )
+        if t is float:
+            value = float(value)
+        if self.choices is not None and value not in self.choices:
+            raise WinnowError(f"{where}: parameter '{self.name}' must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+
+class Stage:
+    """Common declaration of every stage. Subclasses set the class attributes below."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    requires: ClassVar[tuple[str, ...]] = ()  # input columns that must exist
+    resources: ClassVar[Resources] = Resources()
+    batch_size: ClassVar[int] = 4096
+    # True when setup() loads something heavy: the Ray adapter then uses an actor pool.
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, instance_name: str | None = None, seed: int = 0, **params: Any):
+        self.instance_name = instance_name or self.name
+        self.seed = seed
+        where = f"stage '{self.instance_name}' ({self.name})"
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise WinnowError(f"{where}: unknown parameter '{unknown[0]}'; valid: {', '.join(sorted(known)) or 'none'}")
+        self.config = {n: p.coerce(params[n], where) if n in params else p.default for n, p in known.items()}
+        self.validate()
+        self._ready = False
+
+    # -- hooks a stage may override -------------------------------------------------------
+    def validate(self) -> None:
+        """Cross-parameter checks; raise WinnowError naming the parameter."""
+
+    def setup(self) -> None:
+        """Load models / indexes once per worker; choose the device here, never at construction."""
+
+    def provenance(self) -> dict:
+        """Model ids, checksums, versions: recorded in pipeline.json after setup()."""
+        return {}
+
+    def produces(self) -> dict[str, pa.DataType]:
+        """Columns this stage adds (name -> type), used to keep schemas stable across batches."""
+        return {}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def ensure_setup(self) -> None:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+
+    def __getattr__(self, item: str) -> Any:  # parameters read as attributes: self.min_words
+        config = self.__dict__.get("config")
+        if config is not None and item in config:
+            return config[item]
+        raise AttributeError(item)
+
+    def check_columns(self, schema: pa.Schema, source: str) -> None:
+        missing = [c for c in self.requires if c not in schema.names]
+        if missing:
+            raise WinnowError(
+                f"stage '{self.instance_name}' needs column '{missing[0]}' which {source} does not have "
+                f"(columns: {', '.join(schema.names)}); map it with --columns or add a stage that produces it"
+            )
+
+    def reject(self, table: pa.Table, reasons: list[str | None] | pa.Array) -> pa.Table:
+        """Set reject_stage/reject_reason on rows whose reason is not None (only live rows reach a stage)."""
+        reasons = pa.array(reasons, type=pa.string()) if not isinstance(reasons, pa.Array) else reasons
+        stage = pc.if_else(pc.is_null(reasons), pa.scalar(None, pa.string()), pa.scalar(self.instance_name))
+        table = set_column(table, REJECT_STAGE, stage)
+        return set_column(table, REJECT_REASON, reasons)
+
+
+class MapStage(Stage):
+    """Adds columns and/or rejects rows, one batch at a time."""
+
+    def process_batch(self, table: pa.Table) -> pa.Table:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GlobalStage(Stage):
+    """Needs every row before deciding: map -> small artifact -> map, split by an explicit barrier.
+
+    ``partial`` runs per batch and returns something small and picklable; ``combine`` must be
+    associative (runners merge partials in any grouping); ``finalize`` turns the merged partial into
+    the artifact (JSON-able: a threshold, counts, ...); ``apply`` is a map using it.
+    An optional ``prepare`` map runs before ``partial`` and its columns are kept (e.g. scores).
+    """
+
+    def prepare(self, table: pa.Table) -> pa.Table:
+        return table
+
+    def partial(self, table: pa.Table) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def combine(self, parts: list[Any]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finalize(self, combined: Any) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, table: pa.Table, artifact: dict) -> pa.Table:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GroupStage(Stage):
+    """Grouping work (dedup): a map computes a key column, rows sharing a key are decided together.
+
+    Runners group with the engine's shuffle (Ray Data groupby); the driver never collects rows.
+    ``decide_group`` gets every live row of one key value and returns it with decisions added.
+    Rows whose key is null are not grouped and pass through.
+    """
+
+    key_column: ClassVar[str] = ""
+
+    def prepare(self, table: pa.Table) -> pa.Table:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decide_group(self, group: pa.Table) -> pa.Table:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """Replace or append column ``name``."""
+    idx = table.schema.get_field_index(name)
+    if idx >= 0:
+        return table.set_column(idx, name, values)
+    return table.append_column(name, values)
+
+
+def live_mask(table: pa.Table) -> pa.Array:
+    """Boolean mask of rows not yet rejected."""
+    if REJECT_STAGE not in table.column_names:
+        return pa.array([True] * table.num_rows)
+    return pc.is_null(table[REJECT_STAGE]).combine_chunks()
+
+
+def run_on_live_rows(table: pa.Table, fn, produces: dict[str, pa.DataType]) -> pa.Table:
+    """Call ``fn`` on the live rows only and put rejected rows back in place, unchanged.
+
+    New columns are null on the rows that were already rejected. Conservation is checked here:
+    a stage may add columns and reject rows, never drop or add them.
+    """
+    table = ensure_reject_columns(table)
+    mask = live_mask(table)
+    n_live = pc.sum(mask).as_py() or 0
+    if n_live == table.num_rows:
+        out = fn(table)
+        _check_same_rows(table, out)
+        return cast_produced(out, produces)
+    if n_live == 0:
+        return add_null_columns(table, produces)
+    import numpy as np
+
+    live_idx = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+    dead_idx = np.flatnonzero(~mask.to_numpy(zero_copy_only=False))
+    live = table.take(pa.array(live_idx))
+    out = cast_produced(fn(live), produces)
+    _check_same_rows(live, out)
+    dead = add_null_columns(table.take(pa.array(dead_idx)), {f.name: f.type for f in out.schema})
+    dead = dead.select(out.schema.names).cast(out.schema)
+    merged = pa.concat_tables([out, dead])
+    order = np.argsort(np.concatenate([live_idx, dead_idx]), kind="stable")
+    return merged.take(pa.array(order))
+
+
+def ensure_reject_columns(table: pa.Table) -> pa.Table:
+    for col in (REJECT_STAGE, REJECT_REASON):
+        if col not in table.column_names:
+            table = table.append_column(col, pa.nulls(table.num_rows, pa.string()))
+    return table
+
+
+def add_null_columns(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
+    for name, typ in columns.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, typ))
+    return table
+
+
+def cast_produced(table: pa.Table, produces: dict[str, pa.DataType]) -> pa.Table:
+    """Give produced columns their declared type so every batch has the same schema."""
+    table = add_null_columns(table, produces)
+    for name, typ in produces.items():
+        if table.schema.field(name).type != typ:
+            table = set_column(table, name, table[name].cast(typ))
+    return table
+
+
+def _check_same_rows(before: pa.Table, after: pa.Table) -> None:
+    if after.num_rows != before.num_rows:
+        raise RuntimeError(f"stage returned {after.num_rows} rows for {before.num_rows}: stages must not drop rows")
+
+
+def param_fields(stage_cls: type[Stage]) -> list[dict]:
+    """Parameters as plain dicts (for `winnow stages` and docs)."""
+    return [
+        {k: (v.__name__ if k == "type" else v) for k, v in dataclasses.asdict(p).items()} | {"type": p.type.__name__}
+        for p in stage_cls.params
+    ]
