@@ -1,0 +1,41 @@
+"""Shared fixtures. Ray is started once per test session (see the ``ray_local`` fixture)."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """../shared/data (real COCO photos, CC3M captions, MetaCLIP metadata); skip clearly when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (expected ../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def coco_dir(shared_data) -> pathlib.Path:
+    path = shared_data / "images" / "coco"
+    if not any(path.glob("*.jpg")):
+        pytest.skip(f"COCO photos not found in {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> pathlib.Path:
+    """A 400-row, 4-shard `winnow sample` pool with its ground truth (generated once per session)."""
+    from pipeline.sample import write_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    write_sample(str(out), rows=400, shards=4, seed=7, mismatch=0.1)
+    return out
