@@ -31,7 +31,23 @@ def registry() -> dict:
 
 
 def get_stage(name: str):
+    """A built-in stage by name, or a user's stage class by import path ``package.module:ClassName``."""
+    if ":" in name:
+        return _import_stage(name)
     stages = registry()
     if name not in stages:
         raise WinnowError(f"unknown stage '{name}'; available: {', '.join(stages)}")
     return stages[name]
+
+
+def _import_stage(path: str):
+    from stages.base import Stage
+
+    module_name, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise WinnowError(f"stage '{path}' cannot be imported ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise WinnowError(f"stage '{path}' is not a winnow Stage subclass")
+    return cls
