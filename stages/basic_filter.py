@@ -60,14 +60,12 @@ class BasicFilter(MapStage):
         langs, scores = self._identify(captions)
         widths, heights, image_reasons = self._sizes(table)
         wanted = set(self.languages)
-        reasons: list[str | None] = []
-        for i, cap in enumerate(captions):
-            reasons.append(
-                self._caption_reason(cap)
-                or self._lang_reason(langs[i], scores[i], wanted)
-                or image_reasons[i]
-                or self._size_reason(widths[i], heights[i])
-            )
+        caption_reason, lang_reason, size_reason = self._caption_reason, self._lang_reason, self._size_reason
+        reasons: list[str | None] = [
+            caption_reason(cap) or lang_reason(langs[i], scores[i], wanted) or image_reasons[i]
+            or size_reason(widths[i], heights[i])
+            for i, cap in enumerate(captions)
+        ]
         table = set_column(table, "lang", pa.array(langs, pa.string()))
         table = set_column(table, "lang_score", pa.array(scores, pa.float32()))
         table = set_column(table, "width", pa.array(widths, pa.int32()))
@@ -77,9 +75,10 @@ class BasicFilter(MapStage):
     def _caption_reason(self, cap: str | None) -> str | None:
         if cap is None or not cap.strip():
             return "caption_empty"
-        if self.max_chars and len(cap) > self.max_chars:
+        cfg = self.config
+        if cfg["max_chars"] and len(cap) > cfg["max_chars"]:
             return "caption_too_long"
-        if len(cap) < self.min_chars or len(cap.split()) < self.min_words:
+        if len(cap) < cfg["min_chars"] or len(cap.split(None, cfg["min_words"])) < cfg["min_words"]:
             return "caption_too_short"
         return None
 
@@ -88,7 +87,7 @@ class BasicFilter(MapStage):
             return None
         if lang not in wanted:
             return f"language:{lang}"
-        if score < self.min_lang_score:
+        if score < self.config["min_lang_score"]:
             return "language_low_confidence"
         return None
 
@@ -107,14 +106,16 @@ class BasicFilter(MapStage):
         if not self.languages:
             return [None] * len(captions), [None] * len(captions)
         idx = [i for i, c in enumerate(captions) if c and c.strip()]
-        texts = [" ".join(captions[i][:LID_MAX_CHARS].split()) for i in idx]
+        # One line per caption ending in "\n" (fastText's end-of-line token), as FastText.predict does;
+        # calling the binding directly skips the wrapper's per-row checks and array copies.
+        texts = [" ".join(captions[i][:LID_MAX_CHARS].split()) + "\n" for i in idx]
         langs: list = [None] * len(captions)
         scores: list = [None] * len(captions)
         if texts:
-            labels, probs = self._lid.predict(texts, k=1)
+            labels, probs = self._lid.f.multilinePredict(texts, 1, 0.0, "replace")
             for j, i in enumerate(idx):
-                langs[i] = labels[j][0].removeprefix("__label__")
-                scores[i] = float(min(probs[j][0], 1.0))
+                langs[i] = labels[j][0][9:]  # strip "__label__"
+                scores[i] = min(float(probs[j][0]), 1.0)
         return langs, scores
 
     def _sizes(self, table: pa.Table) -> tuple[list, list, list]:
