@@ -1,0 +1,119 @@
+"""What runs inside the download worker processes: img2dataset's Downloader, made safe.
+
+Imported only by the download stage's setup() and by the spawned workers (it imports img2dataset,
+which is slow to import, so the stage registry must not scan it: hence the leading underscore).
+
+* ``SafeDownloader`` is img2dataset's ``Downloader`` (thread pool, retries, X-Robots-Tag, sha256,
+  Parquet writer) that first installs the guarded urllib opener from ``download_safety`` in the
+  worker process, so every connection and redirect hop is checked.
+* ``ImageCheck`` stands where img2dataset's Resizer goes: it reads the header, refuses
+  decompression bombs before any pixel is decoded, decodes once to catch truncated files, then
+  either returns the original bytes untouched or hands over to img2dataset's Resizer.
+"""
+from __future__ import annotations
+
+import io
+import urllib.request
+
+from img2dataset.downloader import Downloader
+from img2dataset.writer import ParquetSampleWriter
+
+from stages.download_safety import NetworkPolicy, build_opener
+
+# Formats a web image may be; PIL can parse many more (EPS, PSD, ...) that no crawl needs.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")  # JPEG covers MPO
+
+
+class ImageCheck:
+    """img2dataset resizer protocol: (stream, bbox) -> (bytes, w, h, orig_w, orig_h, error)."""
+
+    def __init__(self, max_pixels: int, min_image_size: int, resizer=None):
+        self.max_pixels = max_pixels
+        self.min_image_size = min_image_size
+        self.resizer = resizer  # img2dataset Resizer when a resize was asked, else keep the bytes
+
+    def __call__(self, img_stream, blurring_bbox_list=None):
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # max_pixels below is the guard, checked from the header
+        data = img_stream.getvalue()
+        if not data:
+            return _fail("empty_body", "zero-byte body")
+        try:
+            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except Exception as exc:  # UnidentifiedImageError, or a broken header
+            return _fail("not_an_image", type(exc).__name__)
+        with im:
+            w, h = im.size
+            if self.max_pixels and w * h > self.max_pixels:
+                return _fail("too_many_pixels", f"{w}x{h} > max_pixels {self.max_pixels}")
+            if min(w, h) < self.min_image_size:
+                return _fail("too_small", f"{w}x{h} < min_image_size {self.min_image_size}")
+            try:
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))  # JPEG: DCT-scaled, still reads every byte
+                im.load()
+            except Exception as exc:
+                return _fail("decode_error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if self.resizer is None:
+            return data, w, h, w, h, None
+        img, rw, rh, ow, oh, err = self.resizer(io.BytesIO(data), blurring_bbox_list)
+        if err is not None:
+            return _fail("too_small" if "too small" in err else "decode_error", err)
+        return img, rw, rh, ow, oh, None
+
+
+def _fail(reason: str, detail: str):
+    return None, None, None, None, None, f"winnow:{reason} {detail}"
+
+
+class SafeDownloader(Downloader):
+    """img2dataset's Downloader behind the guarded opener (installed in this worker process)."""
+
+    def __init__(self, policy: NetworkPolicy, **kwargs):
+        super().__init__(**kwargs)
+        self.policy = policy
+
+    def __call__(self, row):
+        # Process-wide, but these worker processes only ever download for this stage.
+        urllib.request.install_opener(build_opener(self.policy))
+        return super().__call__(row)
+
+
+def make_downloader(policy: NetworkPolicy, output_folder: str, *, threads: int, timeout: float, retries: int,
+                    user_agent_token: str | None, robots_directives: list[str] | None, max_pixels: int,
+                    min_image_size: int, resize_mode: str, image_size: int, encode_format: str,
+                    shard_rows: int) -> SafeDownloader:
+    resizer = None
+    if resize_mode != "no":
+        from img2dataset.resizer import Resizer
+
+        resizer = Resizer(image_size=image_size, resize_mode=resize_mode, resize_only_if_bigger=False,
+                          encode_format=encode_format, min_image_size=min_image_size)
+    return SafeDownloader(
+        policy,
+        sample_writer_class=ParquetSampleWriter,
+        resizer=ImageCheck(max_pixels, min_image_size, resizer),
+        thread_count=threads,
+        save_caption=False,
+        extract_exif=False,
+        output_folder=output_folder,
+        column_list=["row_id", "url"],
+        timeout=timeout,
+        number_sample_per_shard=max(shard_rows, 2),
+        oom_shard_count=5,
+        compute_hash="sha256",
+        verify_hash_type=None,
+        encode_format=encode_format,
+        retries=retries,
+        user_agent_token=user_agent_token,
+        disallowed_header_directives=robots_directives or None,
+    )
+
+
+def warm_up() -> int:
+    """Run once per worker when the pool starts: pays img2dataset's import cost up front."""
+    import os
+
+    import PIL.Image  # noqa: F401
+
+    return os.getpid()

@@ -1,0 +1,249 @@
+"""Download stage: (url, caption) rows -> rows with image bytes, img2dataset doing the fetching.
+
+Each batch is written as img2dataset input shards (row_id, url), run through img2dataset's
+Downloader in a pool of spawned worker processes (each with its own thread pool), and its Parquet
+output is joined back by row_id, so every input row ends with exactly one outcome: the image with
+its sizes and sha256, or a rejection with a precise reason (http_404, timeout, refused_address,
+robots_noai, decode_error, ...; see docs/download.md). Original bytes are kept unless a resize is
+asked. The network policy (http/https only, no internal addresses, per-connection deadline, byte
+cap) is enforced inside the workers' connections: see stages/download_safety.py.
+
+``retry_failed`` reuses the successes of a previous run (``previous``) and downloads only the rest.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import shutil
+import tempfile
+import weakref
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import WinnowError
+from stages.base import MapStage, Param, Resources, set_column
+from stages.download_safety import NetworkPolicy, classify, scheme_refusal
+
+RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")
+IMG2DATASET_ROBOTS = ["noai", "noimageai", "noindex", "noimageindex"]
+MAX_SHARD_ROWS = 5000
+OUTPUT_COLUMNS = {"image": pa.binary(), "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(),
+                  "original_height": pa.int32(), "sha256": pa.string(), "download_error": pa.string()}
+
+
+class Download(MapStage):
+    name = "download"
+    help = "fetch images with img2dataset (original bytes by default); safe by default; precise failure reasons"
+    params = (
+        Param("resize_mode", str, "no", "'no' keeps the original bytes; otherwise img2dataset's resize mode",
+              choices=RESIZE_MODES),
+        Param("image_size", int, 256, "target size when resize_mode is not 'no'"),
+        Param("encode_format", str, "jpg", "encoding of resized images", choices=("jpg", "png", "webp")),
+        Param("min_image_size", int, 0, "reject images whose shorter side is smaller (too_small)"),
+        Param("max_bytes", int, 20_000_000, "reject bodies larger than this many bytes (too_large; 0 = no cap)"),
+        Param("max_pixels", int, 178_956_970, "reject images with more pixels, read from the header before "
+              "decoding (too_many_pixels: decompression-bomb guard; 0 = no cap)"),
+        Param("timeout", float, 10.0, "seconds to connect and for each socket read"),
+        Param("deadline", float, 30.0, "hard limit in seconds per connection, connect to last byte"),
+        Param("retries", int, 0, "extra attempts per URL after a failure (img2dataset retries)"),
+        Param("max_redirects", int, 10, "redirects followed per URL"),
+        Param("processes", int, 0, "download worker processes (0 = auto: CPUs up to 8, 1 inside a Ray worker)"),
+        Param("threads", int, 64, "download threads per worker process"),
+        Param("user_agent_token", str, "img2dataset", "token in the User-Agent and matched by "
+              "'X-Robots-Tag: <token>: noai' (img2dataset's, so opt-outs aimed at it apply)"),
+        Param("respect_robots", bool, True, "reject images whose X-Robots-Tag has one of robots_directives"),
+        Param("robots_directives", list, IMG2DATASET_ROBOTS, "X-Robots-Tag directives that forbid use"),
+        Param("allow_private_networks", bool, False, "allow loopback/private/link-local addresses (tests)"),
+        Param("retry_failed", bool, False, "reuse the successes found in 'previous'; download only the rest"),
+        Param("previous", str, "", "previous run dir (or dir/glob of Parquet with uid, image, sha256)"),
+        Param("tmp_dir", str, "", "where batches are staged for img2dataset (default: system temp dir)"),
+    )
+    requires = ("url",)
+    resources = Resources(cpus=1)
+    batch_size = 1024
+    stateful = True  # setup() starts the worker pool once per worker
+
+    def validate(self):
+        for name in ("timeout", "deadline"):
+            if self.config[name] <= 0:
+                raise WinnowError(f"stage '{self.instance_name}': parameter '{name}' must be > 0")
+        for name, low in (("threads", 1), ("processes", 0), ("retries", 0), ("max_bytes", 0), ("max_pixels", 0),
+                          ("min_image_size", 0), ("max_redirects", 0), ("image_size", 1)):
+            if self.config[name] < low:
+                raise WinnowError(f"stage '{self.instance_name}': parameter '{name}' must be >= {low}")
+        if self.retry_failed and not self.previous:
+            raise WinnowError(f"stage '{self.instance_name}': retry_failed needs 'previous' (the earlier run dir)")
+
+    def produces(self):
+        return dict(OUTPUT_COLUMNS)
+
+    def provenance(self):
+        import importlib.metadata
+
+        return {"img2dataset": importlib.metadata.version("img2dataset")}
+
+    def worker_count(self) -> int:
+        if self.processes:
+            return self.processes
+        if "RAY_RAYLET_PID" in os.environ:  # inside a Ray worker: Ray already runs one of us per CPU
+            return 1
+        return max(1, min(os.cpu_count() or 1, 8))
+
+    def setup(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from stages import _download_worker
+
+        n = self.worker_count()
+        # spawn, as img2dataset does: forking a process that holds threads (Ray, Arrow) is unsafe.
+        self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+        for f in [self._pool.submit(_download_worker.warm_up) for _ in range(n)]:
+            f.result()
+        self._previous = PreviousDownloads(self.previous) if self.retry_failed else None
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when the stage is garbage collected)."""
+        if getattr(self, "_finalizer", None) is not None:
+            self._finalizer()
+        self._ready = False
+
+    def __getstate__(self):  # a set-up stage travels (e.g. to Ray actors) without its pool
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_finalizer", "_previous")}
+        state["_ready"] = False
+        return state
+
+    def process_batch(self, table: pa.Table) -> pa.Table:
+        urls = table["url"].to_pylist()
+        n = len(urls)
+        out = {name: [None] * n for name in OUTPUT_COLUMNS}
+        reasons = [scheme_refusal(u) for u in urls]
+        todo = [i for i in range(n) if reasons[i] is None]
+        if self._previous is not None and todo:
+            found = self._previous.lookup(table["uid"].take(pa.array(todo, pa.int64())).to_pylist())
+            uids = table["uid"].to_pylist()
+            for i in [i for i in todo if uids[i] in found]:
+                for name, value in found[uids[i]].items():
+                    out[name][i] = value
+            todo = [i for i in todo if uids[i] not in found]
+        results = self._download([(i, urls[i].strip()) for i in todo]) if todo else {}
+        for i in todo:
+            rec = results.get(i)
+            if rec is None:
+                reasons[i] = "no_result"
+                continue
+            reasons[i] = classify(rec["status"], rec["error_message"])
+            if reasons[i] is None:
+                out["image"][i] = rec["jpg"]
+                for name in ("width", "height", "original_width", "original_height", "sha256"):
+                    out[name][i] = rec[name]
+            else:
+                out["download_error"][i] = (rec["error_message"] or rec["status"] or "")[:500]
+        for name, typ in OUTPUT_COLUMNS.items():
+            table = set_column(table, name, pa.array(out[name], typ))
+        return self.reject(table, reasons)
+
+    def _download(self, rows: list[tuple[int, str]]) -> dict[int, dict]:
+        """Run img2dataset over (row_id, url) rows; returns row_id -> its output record."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        from stages._download_worker import make_downloader
+
+        n_workers = self.worker_count()
+        shard_rows = min(MAX_SHARD_ROWS, math.ceil(len(rows) / n_workers))
+        tmp = tempfile.mkdtemp(prefix="winnow-download-", dir=self.tmp_dir or None)
+        try:
+            out_dir = os.path.join(tmp, "out")
+            os.makedirs(out_dir)
+            shards = [_write_shard(tmp, k, rows[s:s + shard_rows])
+                      for k, s in enumerate(range(0, len(rows), shard_rows))]
+            policy = NetworkPolicy(self.allow_private_networks, self.max_bytes, self.deadline, self.max_redirects)
+            downloader = make_downloader(
+                policy, out_dir, threads=self.threads, timeout=self.timeout, retries=self.retries,
+                user_agent_token=self.user_agent_token or None,
+                robots_directives=list(self.robots_directives) if self.respect_robots else None,
+                max_pixels=self.max_pixels, min_image_size=self.min_image_size, resize_mode=self.resize_mode,
+                image_size=self.image_size, encode_format=self.encode_format, shard_rows=shard_rows)
+            try:
+                failed = [row for ok, row in self._pool.map(downloader, shards) if not ok]
+                for _ in self._pool.map(downloader, failed):  # one more try, as img2dataset's own distributor
+                    pass
+            except BrokenProcessPool:  # a worker died (killed, out of memory): its rows get no_result
+                self.close()
+                self.ensure_setup()
+            return _read_results(out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_shard(tmp: str, k: int, rows: list[tuple[int, str]]) -> tuple[int, str]:
+    """An img2dataset input shard: the Arrow IPC file its Downloader reads."""
+    path = os.path.join(tmp, f"{k}.feather")
+    shard = pa.table({"row_id": pa.array([r[0] for r in rows], pa.int64()),
+                      "url": pa.array([r[1] for r in rows], pa.string())})
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, shard.schema) as writer:
+        writer.write_table(shard)
+    return k, path
+
+
+def _read_results(out_dir: str) -> dict[int, dict]:
+    wanted = ["row_id", "status", "error_message", "width", "height", "original_width", "original_height",
+              "sha256", "jpg"]
+    results: dict[int, dict] = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "*.parquet"))):
+        for rec in pq.read_table(path, columns=wanted).to_pylist():
+            results[rec["row_id"]] = rec
+    return results
+
+
+class PreviousDownloads:
+    """uid -> outcome columns of the rows a previous run downloaded successfully (sha256 set)."""
+
+    COLUMNS = ["uid", "image", "width", "height", "original_width", "original_height", "sha256"]
+
+    def __init__(self, spec: str):
+        self.files = _previous_files(spec)
+        self.where: dict[str, int] = {}
+        for k, path in enumerate(self.files):
+            names = pq.read_schema(path).names
+            missing = [c for c in ("uid", "sha256", "image") if c not in names]
+            if missing:
+                raise WinnowError(f"previous {path}: no '{missing[0]}' column; point 'previous' at a run dir "
+                                  "or at Parquet written by the download stage")
+            t = pq.read_table(path, columns=["uid", "sha256"])
+            for uid in t.filter(pc.is_valid(t["sha256"]))["uid"].to_pylist():
+                self.where[uid] = k
+
+    def lookup(self, uids: list[str]) -> dict[str, dict]:
+        by_file: dict[int, set] = {}
+        for uid in uids:
+            if uid in self.where:
+                by_file.setdefault(self.where[uid], set()).add(uid)
+        found = {}
+        for k, wanted in by_file.items():
+            t = pq.read_table(self.files[k], columns=self.COLUMNS, filters=pc.field("uid").isin(list(wanted)))
+            for rec in t.to_pylist():
+                if rec["image"] is not None:
+                    found[rec.pop("uid")] = rec
+        return found
+
+
+def _previous_files(spec: str) -> list[str]:
+    """A run dir's every-row checkpoint (work/seg-0) or kept/; else a dir or glob of Parquet."""
+    if os.path.isfile(os.path.join(spec, "pipeline.json")) or os.path.isdir(os.path.join(spec, "work")):
+        for sub in (os.path.join("work", "seg-0"), "kept"):
+            files = _parquet_in(os.path.join(spec, sub))
+            if files:
+                return files
+    files = _parquet_in(spec) if os.path.isdir(spec) else sorted(glob.glob(spec))
+    if not files:
+        raise WinnowError(f"previous {spec}: no Parquet files found (expected a run dir, its kept/, or a glob)")
+    return files
+
+
+def _parquet_in(directory: str) -> list[str]:
+    return sorted(p for p in glob.glob(os.path.join(directory, "*.parquet")) if not p.endswith(".grouped.parquet"))
