@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="write RUN_DIR/report.html")
     s.add_argument("run_dir")
+    s.add_argument("--output", help="where to write the page (default RUN_DIR/report.html)")
+    s.add_argument("--per-grid", type=int, default=12, help="images per rejection reason (kept grid: twice that)")
+    s.add_argument("--sample-shards", type=int, default=4, help="shards the image samples are drawn from")
+    s.add_argument("--thumb-px", type=int, default=128, help="longest side of the embedded thumbnails")
+    s.add_argument("--seed", type=int, default=0, help="seed of the image sample")
     s.set_defaults(func=_delegate("pipeline.report"))
     return p
 

@@ -1,0 +1,140 @@
+"""What the report reads besides the manifest: stats.json, pipeline.json and OUT/artifacts/.
+
+Stages own their artifact formats, so this module reads them by convention and ignores what it
+does not recognise: a threshold is any number under a key ending in ``threshold`` (or ``min_score``)
+in ``artifacts/<instance>.json``, or a ``min_<column>``/``max_<column>`` parameter in the config;
+MetaCLIP entry counts come from an artifact (JSON list or Parquet column) or else from the
+manifest's ``metaclip_entries``; ``t`` from the artifact or the stage's config.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import WinnowError
+
+THRESHOLD_KEYS = ("threshold", "min_score", "max_score")
+COUNT_COLUMNS = ("count", "counts", "match_count", "matches", "n")
+COUNT_KEYS = ("counts", "entry_counts")
+ID_COLUMNS = ("entry_id", "entry", "id")
+T_KEYS = ("t", "threshold_t", "magic_t")
+
+
+def load_json(path: str, required: bool) -> dict | None:
+    if not os.path.exists(path):
+        if required:
+            raise WinnowError(f"{path}: not found; is {os.path.dirname(path) or '.'} a winnow run directory?")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise WinnowError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise WinnowError(f"{path}: expected a JSON object")
+    return data
+
+
+def check_stats(stats: dict, path: str) -> None:
+    for key in ("rows_in", "rows_kept", "stages"):
+        if key not in stats:
+            raise WinnowError(f"{path}: missing key '{key}'")
+    for name, st in stats["stages"].items():
+        for key in ("rows_in", "kept", "rejected"):
+            if key not in st:
+                raise WinnowError(f"{path}: stage '{name}' has no '{key}'")
+
+
+def stage_specs(pipeline: dict | None) -> list[dict]:
+    """The configured stages: {"stage": type, "name": instance, **params} in pipeline order."""
+    stages = ((pipeline or {}).get("config") or {}).get("stages") or []
+    return [s for s in stages if isinstance(s, dict)]
+
+
+def artifact(run_dir: str, instance: str) -> dict | None:
+    try:
+        return load_json(os.path.join(run_dir, "artifacts", f"{instance}.json"), required=False)
+    except WinnowError:
+        return None
+
+
+def _related(instance: str, column: str) -> bool:
+    return column == instance or column.startswith(instance + "_")
+
+
+def thresholds(run_dir: str, pipeline: dict | None, columns: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """column -> [(label, value)] from artifacts first (what was applied), then configured parameters."""
+    out: dict[str, list[tuple[str, float]]] = {c: [] for c in columns}
+
+    def add(col: str, label: str, value) -> None:
+        if col in out and isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            if all(abs(v - value) > 1e-12 for _, v in out[col]):
+                out[col].append((label, float(value)))
+
+    for spec in stage_specs(pipeline):
+        inst = spec.get("name") or spec.get("stage") or ""
+        art = artifact(run_dir, inst) or {}
+        named = art.get("column") or art.get("score_column")
+        cols = [named] if named in out else [c for c in columns if _related(inst, c)]
+        for key, value in art.items():
+            if key.endswith(THRESHOLD_KEYS) and key not in T_KEYS:
+                for c in cols:
+                    add(c, f"{inst} {key}", value)
+            if key == "thresholds" and isinstance(value, dict):
+                for c, v in value.items():
+                    add(c, f"{inst} threshold", v)
+        for key, value in spec.items():
+            for c in columns:
+                if key in (f"min_{c}", f"max_{c}"):
+                    add(c, f"{inst} {key}", value)
+            if key in THRESHOLD_KEYS:
+                for c in cols:
+                    add(c, f"{inst} {key}", value)
+    return out
+
+
+def metaclip_instances(pipeline: dict | None) -> list[dict]:
+    return [s for s in stage_specs(pipeline) if "metaclip" in str(s.get("stage", "")).lower()]
+
+
+def metaclip_counts(run_dir: str, pipeline: dict | None) -> tuple[np.ndarray | None, float | None, str]:
+    """(per-entry match counts or None, t or None, where the counts came from)."""
+    specs = metaclip_instances(pipeline)
+    names = [s.get("name") or s.get("stage") for s in specs] or ["metaclip"]
+    t = next((float(s[k]) for s in specs for k in T_KEYS if isinstance(s.get(k), (int, float))), None)
+    counts, source = None, ""
+    for inst in names:
+        art = artifact(run_dir, inst) or {}
+        t = next((float(art[k]) for k in T_KEYS if isinstance(art.get(k), (int, float))), t)
+        for key in COUNT_KEYS:
+            if counts is None and isinstance(art.get(key), list):
+                counts, source = np.asarray(art[key], np.int64), f"artifacts/{inst}.json"
+    if counts is None:
+        for path in sorted(glob.glob(os.path.join(run_dir, "artifacts", "**", "*.parquet"), recursive=True)):
+            rel = os.path.relpath(path, run_dir)
+            if not any(n and n in rel for n in names):
+                continue
+            schema = pq.read_schema(path)
+            col = next((c for c in COUNT_COLUMNS if c in schema.names and pa.types.is_integer(schema.field(c).type)), None)
+            if col:
+                counts, source = _counts_by_entry(pq.read_table(path), col), rel
+                break
+    return counts, t, source
+
+
+def _counts_by_entry(table: pa.Table, col: str) -> np.ndarray:
+    """Counts indexed by entry id (so they line up with ``metaclip_entries``), whatever the row order."""
+    counts = table[col].to_numpy(zero_copy_only=False).astype(np.int64)
+    ids = next((c for c in ID_COLUMNS if c in table.column_names and pa.types.is_integer(table.schema.field(c).type)),
+               None)
+    if ids is None:
+        return counts
+    pos = table[ids].to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.zeros(int(pos.max()) + 1 if len(pos) else 0, np.int64)
+    out[pos] = counts
+    return out
