@@ -89,16 +89,21 @@ def global_partial(stage: GlobalStage, table: pa.Table) -> Any:
     return stage.partial(live)
 
 
-def group_live_rows(stage: GroupStage, table: pa.Table) -> pa.Table:
+def group_live_rows(stage: GroupStage, table: pa.Table, key: str | None = None) -> pa.Table:
     """Decide every key group with two or more live rows (table may span shards); others pass through.
 
-    Used by the local runner on the whole run; the Ray runner does the same per group after a shuffle.
+    Without ``key``, one pass per ``stage.group_keys()`` in order, each over the rows the previous
+    passes left live. Used by the local runner on the whole run; the Ray runner does the same per
+    group after a shuffle (one shuffle per key).
     """
     import numpy as np
     import pyarrow.compute as pc
 
+    if key is None:
+        for k in stage.group_keys():
+            table = group_live_rows(stage, table, k)
+        return table
     stage.ensure_setup()
-    key = stage.key_column
     eligible = pc.and_(live_mask(table), pc.is_valid(table[key]))
     idx = np.flatnonzero(eligible.to_numpy(zero_copy_only=False))
     if len(idx) == 0:

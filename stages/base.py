@@ -167,6 +167,15 @@ class GroupStage(Stage):
 
     key_column: ClassVar[str] = ""
 
+    def group_keys(self) -> list[str]:
+        """Key columns, grouped one after another (default: just ``key_column``).
+
+        Each pass groups by one key and sees only the rows still live after the previous pass, so a
+        stage whose rows must meet in several groups (perceptual dedup: one pass per pHash band) is
+        still one shuffle per pass with one key per row. Runners must loop over these in order.
+        """
+        return [self.key_column]
+
     def prepare(self, table: pa.Table) -> pa.Table:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -1,0 +1,310 @@
+"""SemDeDup (Abbas et al. 2023): semantic dedup of image embeddings, in two stages.
+
+``semdedup_kmeans`` (global): attaches each row's L2-normalised embedding (from an embedding column or
+the clip_score side dataset keyed by uid), draws a deterministic sample (the ``sample_size`` rows with
+the smallest hash of (seed, uid): the same rows whatever the sharding), trains spherical k-means with
+faiss on it (the barrier's artifact: the centroids), then assigns every row its nearest centroid.
+
+``semdedup`` (group): the runner's shuffle brings each cluster together; inside it, rows are ranked
+by ``prefer`` and a row is a duplicate when a better-ranked row of its cluster has cosine similarity
+> 1 - eps (the paper's rule: compared with every better row, kept or not). ``dup_of`` names the most
+similar better row that was kept, or the most similar better row when none of them was.
+
+Rows without an embedding get no cluster and pass through unchanged.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import WinnowError
+from stages.base import GlobalStage, GroupStage, Param, Resources, set_column
+from stages.dedup import DUP_OF, check_prefer, mark_duplicates, survivor_order
+
+EMB = "semdedup_embedding"  # normalised float16 bytes; large_binary so the manifest leaves it out
+CLUSTER = "semdedup_cluster"
+CENTROID_SIM = "semdedup_centroid_sim"
+BLOCK = 2048  # rows per similarity block: bounds memory for big clusters
+
+SOURCE_PARAMS = (
+    Param("embedding_column", str, "", "column holding image embeddings (list/fixed_size_list of floats)"),
+    Param("embeddings", str, "", "side dataset of embeddings (Parquet file, directory or glob keyed by uid), "
+                                 "e.g. the clip_score stage's; used when embedding_column is empty"),
+    Param("embedding_field", str, "", "embedding column inside the side dataset (default: its only list column)"),
+)
+
+
+class EmbeddingSource:
+    """Image embeddings for rows, from a column of the table or a side dataset looked up by uid."""
+
+    def __init__(self, column: str, side_path: str, field: str, where: str):
+        if not column and not side_path:
+            raise WinnowError(f"{where}: set 'embedding_column' or 'embeddings' (a side dataset keyed by uid)")
+        self.column, self.side_path, self.field, self.where = column, side_path, field, where
+        self._side = None
+
+    def open(self) -> None:
+        if self.column:
+            return
+        import pyarrow.dataset as ds
+
+        try:
+            self._side = ds.dataset(self.side_path, format="parquet")
+        except (OSError, ValueError, pa.ArrowInvalid) as exc:
+            raise WinnowError(f"{self.where}: embeddings {self.side_path}: cannot be read ({exc})") from None
+        schema = self._side.schema
+        if "uid" not in schema.names:
+            raise WinnowError(f"{self.where}: embeddings {self.side_path}: no 'uid' column")
+        lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
+                 or pa.types.is_large_list(f.type)]
+        if not self.field:
+            if len(lists) != 1:
+                raise WinnowError(f"{self.where}: embeddings {self.side_path}: set 'embedding_field' to one of "
+                                  f"{', '.join(lists) or '(no list columns found)'}")
+            self.field = lists[0]
+        elif self.field not in schema.names:
+            raise WinnowError(f"{self.where}: embeddings {self.side_path}: no column '{self.field}'")
+
+    def vectors(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) float32 L2-normalised embeddings and a (n,) ok mask (rows with no embedding are zeros)."""
+        if self.column:
+            if self.column not in table.column_names:
+                raise WinnowError(f"{self.where}: embedding column '{self.column}' not found "
+                                  f"(columns: {', '.join(table.column_names)})")
+            col = table[self.column]
+        else:
+            col = self._lookup(table["uid"])
+        return list_to_matrix(col, self.where)
+
+    def _lookup(self, uids: pa.ChunkedArray) -> pa.ChunkedArray:
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        found = self._side.to_table(columns=["uid", self.field], filter=ds.field("uid").isin(uids))
+        pos = pc.index_in(uids, value_set=found["uid"].combine_chunks())
+        return found[self.field].take(pos)  # null positions -> null embeddings
+
+
+def list_to_matrix(col, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A list/fixed_size_list column -> ((n, d) float32 unit vectors, ok mask)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    ok = arr.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+    if not ok.any():
+        return np.zeros((n, 0), np.float32), ok
+    if not (pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type)):
+        raise WinnowError(f"{where}: embeddings must be a list of floats, got {arr.type}")
+    valid = arr.filter(pa.array(ok))
+    flat = valid.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    d = len(flat) // len(valid)
+    if d * len(valid) != len(flat):
+        raise WinnowError(f"{where}: embeddings have different lengths")
+    out = np.zeros((n, d), np.float32)
+    out[ok] = normalize(flat.reshape(len(valid), d))
+    ok &= np.isfinite(out).all(axis=1) & (np.abs(out).sum(axis=1) > 0)
+    return out, ok
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1)
+
+
+def emb_column(vectors: np.ndarray, ok: np.ndarray) -> pa.Array:
+    """Unit vectors as float16 bytes per row (null where not ok), built from buffers without copies per row."""
+    n = len(ok)
+    if vectors.shape[1] == 0 or not ok.any():
+        return pa.nulls(n, pa.large_binary())
+    h = np.ascontiguousarray(vectors.astype(np.float16))
+    sizes = np.where(ok, h.shape[1] * 2, 0)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    data = h[ok].tobytes()
+    validity = None if ok.all() else pa.py_buffer(np.packbits(ok, bitorder="little").tobytes())
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [validity, pa.py_buffer(offsets.tobytes()),
+                                                                  pa.py_buffer(data)])
+
+
+def emb_matrix(col) -> tuple[np.ndarray, np.ndarray]:
+    """The float16 bytes column back to ((n, d) float32 unit vectors, ok mask); missing rows are zeros."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    arr = arr.cast(pa.large_binary())
+    n = len(arr)
+    ok = arr.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+    if not ok.any():
+        return np.zeros((n, 0), np.float32), ok
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8)
+    starts, sizes = offsets[:-1][ok], np.diff(offsets)[ok]
+    width = int(sizes[0])
+    if (sizes != width).any() or width % 2:
+        raise ValueError(f"column {EMB}: rows of different sizes")
+    if (np.diff(starts) == width).all():  # the usual case: valid rows back to back, one slice
+        rows = data[starts[0]:starts[0] + width * len(starts)].reshape(-1, width)
+    else:
+        rows = data[starts[:, None] + np.arange(width)[None, :]]
+    out = np.zeros((n, width // 2), np.float32)
+    out[ok] = rows.view(np.float16)
+    return normalize(out), ok
+
+
+def sample_priority(uids: list[str], seed: int) -> np.ndarray:
+    """A uint64 per uid from (seed, uid): the k smallest are the sample, whatever the sharding."""
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{u}".encode(), digest_size=8).digest(), "big")
+                     for u in uids], dtype=np.uint64)
+
+
+class SemDedupKMeans(GlobalStage):
+    name = "semdedup_kmeans"
+    help = "SemDeDup step 1: spherical k-means (faiss) on a deterministic sample, then nearest-centroid assignment"
+    params = SOURCE_PARAMS + (
+        Param("n_clusters", int, 1000, "number of k-means clusters (capped at the sample size)"),
+        Param("sample_size", int, 100_000, "rows used to train k-means: those with the smallest hash of (seed, uid)"),
+        Param("niter", int, 20, "k-means iterations"),
+    )
+    resources = Resources(cpus=1)
+    stateful = True
+
+    def validate(self):
+        where = f"stage '{self.instance_name}'"
+        self._source = EmbeddingSource(self.embedding_column, self.embeddings, self.embedding_field, where)
+        if self.n_clusters < 1 or self.sample_size < 1 or self.niter < 1:
+            raise WinnowError(f"{where}: n_clusters, sample_size and niter must be >= 1")
+        self._centroids = None
+
+    def setup(self):
+        self._source.open()
+
+    def produces(self):
+        return {EMB: pa.large_binary(), CLUSTER: pa.int32(), CENTROID_SIM: pa.float32()}
+
+    def prepare(self, table: pa.Table) -> pa.Table:
+        vectors, ok = self._source.vectors(table)
+        return set_column(table, EMB, emb_column(vectors, ok))
+
+    def partial(self, table: pa.Table) -> dict:
+        vectors, ok = emb_matrix(table[EMB]) if table.num_rows else (np.zeros((0, 0), np.float32), np.zeros(0, bool))
+        uids = [u for u, good in zip(table["uid"].to_pylist(), ok) if good]
+        return _smallest({"prio": sample_priority(uids, self.seed), "emb": vectors[ok].astype(np.float16)},
+                         self.sample_size)
+
+    def combine(self, parts: list[dict]) -> dict:
+        parts = [p for p in parts if len(p["prio"])]
+        if not parts:
+            return {"prio": np.zeros(0, np.uint64), "emb": np.zeros((0, 0), np.float16)}
+        return _smallest({"prio": np.concatenate([p["prio"] for p in parts]),
+                          "emb": np.concatenate([p["emb"] for p in parts])}, self.sample_size)
+
+    def finalize(self, combined: dict) -> dict:
+        import faiss
+
+        order = np.argsort(combined["prio"], kind="stable")  # a fixed training order: same input, same centroids
+        x = normalize(combined["emb"][order].astype(np.float32))
+        if len(x) == 0:
+            return {"k": 0, "d": 0, "sample": 0, "centroids": ""}
+        k = min(self.n_clusters, len(x))
+        km = faiss.Kmeans(x.shape[1], k, niter=self.niter, spherical=True, seed=self.seed, verbose=False,
+                          max_points_per_centroid=max(256, len(x) // k + 1), min_points_per_centroid=1)
+        km.train(x)
+        c = normalize(km.centroids.astype(np.float32))
+        return {"k": k, "d": int(x.shape[1]), "sample": len(x),
+                "centroids": base64.b64encode(np.ascontiguousarray(c).tobytes()).decode("ascii")}
+
+    def apply(self, table: pa.Table, artifact: dict) -> pa.Table:
+        n = table.num_rows
+        cluster = np.zeros(n, np.int32)
+        sim = np.zeros(n, np.float32)
+        vectors, ok = emb_matrix(table[EMB])
+        if artifact["k"] and ok.any():
+            c = self._centroid_matrix(artifact)
+            if vectors.shape[1] != c.shape[1]:
+                raise WinnowError(f"stage '{self.instance_name}': embeddings have {vectors.shape[1]} dims, "
+                                  f"centroids {c.shape[1]}")
+            for a in range(0, n, 16384):  # bounded memory: a block of rows x all centroids
+                s = vectors[a:a + 16384] @ c.T
+                cluster[a:a + 16384] = s.argmax(axis=1)
+                sim[a:a + 16384] = s.max(axis=1)
+        else:
+            ok = np.zeros(n, bool)
+        table = set_column(table, CLUSTER, pa.array(cluster, pa.int32(), mask=~ok))
+        return set_column(table, CENTROID_SIM, pa.array(sim, pa.float32(), mask=~ok))
+
+    def _centroid_matrix(self, artifact: dict) -> np.ndarray:
+        if self._centroids is None or self._centroids[0] != artifact["centroids"]:
+            c = np.frombuffer(base64.b64decode(artifact["centroids"]), np.float32).reshape(artifact["k"], artifact["d"])
+            self._centroids = (artifact["centroids"], c)
+        return self._centroids[1]
+
+
+def _smallest(part: dict, k: int) -> dict:
+    if len(part["prio"]) <= k:
+        return part
+    keep = np.argpartition(part["prio"], k - 1)[:k]
+    return {"prio": part["prio"][keep], "emb": part["emb"][keep]}
+
+
+class SemDedup(GroupStage):
+    name = "semdedup"
+    help = "SemDeDup step 2: within each k-means cluster, reject rows with cosine similarity > 1 - eps to a better row"
+    key_column = CLUSTER
+    params = (
+        Param("eps", float, 0.05, "duplicates have cosine similarity > 1 - eps"),
+        Param("prefer", str, "farthest", "survivor: 'farthest' from the centroid (paper's default), 'closest', "
+                                         "'uid', or 'max:COLUMN' / 'min:COLUMN' (e.g. max:clip_score)"),
+    )
+    resources = Resources(cpus=1)
+
+    def validate(self):
+        check_prefer(self.prefer, f"stage '{self.instance_name}'", ("farthest", "closest"))
+        if not 0 < self.eps < 2:
+            raise WinnowError(f"stage '{self.instance_name}': parameter 'eps' must be in (0, 2), got {self.eps}")
+
+    def produces(self):
+        return {DUP_OF: pa.string()}
+
+    def prepare(self, table: pa.Table) -> pa.Table:
+        for col in (CLUSTER, EMB, CENTROID_SIM):
+            if col not in table.column_names:
+                raise WinnowError(f"stage '{self.instance_name}' needs column '{col}': put a semdedup_kmeans "
+                                  "stage before it")
+        return table
+
+    def decide_group(self, group: pa.Table) -> pa.Table:
+        vectors, _ = emb_matrix(group[EMB])
+        if self.prefer in ("farthest", "closest"):
+            sim = group[CENTROID_SIM].to_numpy(zero_copy_only=False).astype(np.float64)
+            order = survivor_order(group, "uid", values=-sim if self.prefer == "farthest" else sim)
+        else:
+            order = survivor_order(group, self.prefer)
+        dup_rank = within_cluster_duplicates(vectors[order], 1.0 - self.eps)
+        dup = np.full(group.num_rows, -1, dtype=np.int64)
+        is_dup = dup_rank >= 0
+        dup[order[is_dup]] = order[dup_rank[is_dup]]
+        return mark_duplicates(self, group, dup, "dup:semantic")
+
+
+def within_cluster_duplicates(x: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows of ``x`` (unit vectors, best first): for each, the better row it duplicates, or -1.
+
+    Row i is a duplicate when max_{j<i} cos(x_i, x_j) > threshold. It points at the most similar
+    better row that is itself kept, else at the most similar better row. Done in row blocks.
+    """
+    n = len(x)
+    dup = np.full(n, -1, dtype=np.int64)
+    kept = np.ones(n, dtype=bool)
+    for a in range(0, n, BLOCK):
+        b = min(a + BLOCK, n)
+        s = x[a:b] @ x[:b].T  # (block, b): each block row against every better-or-equal row
+        s[np.arange(b - a)[:, None] <= np.arange(b)[None, :] - a] = -np.inf  # only j < i counts
+        best = s.max(axis=1)
+        is_dup = best > threshold
+        kept[a:b] = ~is_dup
+        rows = np.flatnonzero(is_dup)
+        if len(rows):
+            sub = s[rows]
+            prefer_kept = np.where(kept[None, :b] & (sub > threshold), sub, -np.inf)
+            has_kept = np.isfinite(prefer_kept.max(axis=1))
+            dup[a + rows] = np.where(has_kept, prefer_kept.argmax(axis=1), sub.argmax(axis=1))
+    return dup
