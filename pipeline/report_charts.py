@@ -21,13 +21,21 @@ def _fmt(v: float) -> str:
     return f"{v:,}" if isinstance(v, (int, np.integer)) else f"{v:.4g}"
 
 
+def _power_label(p: int) -> str:
+    """10**p compactly: 1, 10, 100, 1k, 10k, 100k, 1M, ..."""
+    for exp, suffix in ((9, "G"), (6, "M"), (3, "k")):
+        if p >= exp:
+            return f"{10 ** (p - exp)}{suffix}"
+    return str(10 ** p)
+
+
 def funnel_svg(stages: list[dict], rows_in: int, rows_kept: int) -> str:
     """One bar per stage, as wide as the rows it saw: kept part green, rejected part red."""
-    label_w, bar_w, row_h, pad = 170, 480, 30, 8
+    label_w, bar_w, text_w, row_h, pad = 150, 420, 330, 30, 8
     rows = stages + [{"name": "kept in the end", "rows_in": rows_kept, "kept": rows_kept, "final": True}]
     height = pad * 2 + row_h * len(rows)
     scale = bar_w / max(rows_in, 1)
-    out = [f'<svg class="chart" data-chart="funnel" viewBox="0 0 {label_w + bar_w + 200} {height}" '
+    out = [f'<svg class="chart wide" data-chart="funnel" viewBox="0 0 {label_w + bar_w + text_w} {height}" '
            f'role="img" aria-label="rows per stage">']
     for i, st in enumerate(rows):
         y = pad + i * row_h
@@ -42,7 +50,7 @@ def funnel_svg(stages: list[dict], rows_in: int, rows_kept: int) -> str:
             out.append(f'<rect x="{label_w + kw:.2f}" y="{y + 4}" width="{max(rw, 1):.2f}" height="{row_h - 8}" '
                        f'fill="{REJECTED}"><title>{name}: {rej:,} rejected</title></rect>')
         text = f"{kept:,} rows" if st.get("final") else f"{n_in:,} in → {kept:,} kept, {rej:,} rejected"
-        out.append(f'<text x="{label_w + kw + rw + 6:.2f}" y="{y + row_h / 2 + 4}" class="val">{text}</text>')
+        out.append(f'<text x="{label_w + bar_w + 10}" y="{y + row_h / 2 + 4}" class="val">{text}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -131,9 +139,9 @@ def balance_svg(counts: np.ndarray, t: float | None, realized: np.ndarray | None
                f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="{INK}"/>')
     for p in range(0, int(ymax) + 1):
         out.append(f'<line x1="{ml}" y1="{y(10 ** p):.1f}" x2="{ml + pw}" y2="{y(10 ** p):.1f}" stroke="{GRID}"/>'
-                   f'<text x="{ml - 4}" y="{y(10 ** p) + 4:.1f}" text-anchor="end" class="tick">{10 ** p:,}</text>')
+                   f'<text x="{ml - 4}" y="{y(10 ** p) + 4:.1f}" text-anchor="end" class="tick">{_power_label(p)}</text>')
     for p in range(0, int(xmax) + 1):
-        out.append(f'<text x="{x(10 ** p):.1f}" y="{mt + ph + 15}" text-anchor="middle" class="tick">{10 ** p:,}</text>')
+        out.append(f'<text x="{x(10 ** p):.1f}" y="{mt + ph + 15}" text-anchor="middle" class="tick">{_power_label(p)}</text>')
     out.append(f'<text x="{ml + pw / 2}" y="{h - 4}" text-anchor="middle" class="lbl">'
                f'entry rank (by matches before balancing)</text>')
 

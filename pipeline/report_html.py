@@ -19,7 +19,7 @@ text-decoration:none}main{padding:8px 28px 40px;max-width:1400px}section{backgro
 border-radius:8px;padding:14px 18px;margin:16px 0}h2{font-size:18px;margin:4px 0 10px}h3{font-size:15px;margin:16px 0 6px}
 .summary{display:flex;gap:12px;flex-wrap:wrap}.stat{background:#fff;border:1px solid #e3e6ea;border-radius:8px;
 padding:10px 16px;min-width:130px}.stat .k{font-size:12px;color:#666;text-transform:uppercase;letter-spacing:.04em}
-.stat .v{font-size:22px;font-weight:600}.chart{width:100%;max-width:760px;height:auto;display:block}
+.stat .v{font-size:22px;font-weight:600}.chart{width:100%;max-width:760px;height:auto;display:block}.chart.wide{max-width:980px}
 .chart text{font-size:11px;fill:#333}.chart .lbl{font-size:12px}.chart .thr{font-size:11px;font-weight:600}
 table{border-collapse:collapse;width:100%;max-width:980px;margin-top:10px}th,td{padding:4px 8px;border-bottom:1px solid #eee;
 text-align:left}th{font-size:12px;color:#555;background:#fafbfc}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}

@@ -203,5 +203,6 @@ def _rows(t: pa.Table, idx: np.ndarray, stem: str) -> list[dict]:
     rows = t.select(cols).take(pa.array(idx)).to_pylist()
     for r in rows:
         r["stem"] = stem
-        r["scores"] = {c: r.pop(c) for c in list(r) if c not in ROW_FIELDS and c != "stem" and r[c] is not None}
+        scores = {c: r.pop(c) for c in list(r) if c not in ROW_FIELDS and c != "stem"}
+        r["scores"] = {c: v for c, v in scores.items() if v is not None and np.isfinite(v)}
     return rows
