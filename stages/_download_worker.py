@@ -110,10 +110,6 @@ def make_downloader(policy: NetworkPolicy, output_folder: str, *, threads: int, 
     )
 
 
-def warm_up() -> int:
-    """Run once per worker when the pool starts: pays img2dataset's import cost up front."""
-    import os
-
+def warm_up() -> None:
+    """Pool initializer: importing this module (img2dataset) happens when a worker starts."""
     import PIL.Image  # noqa: F401
-
-    return os.getpid()

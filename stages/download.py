@@ -12,12 +12,13 @@ cap) is enforced inside the workers' connections: see stages/download_safety.py.
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import math
 import os
 import shutil
 import tempfile
-import weakref
+import threading
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -93,27 +94,16 @@ class Download(MapStage):
         return max(1, min(os.cpu_count() or 1, 8))
 
     def setup(self):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        from stages import _download_worker
-
-        n = self.worker_count()
-        # spawn, as img2dataset does: forking a process that holds threads (Ray, Arrow) is unsafe.
-        self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
-        self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
-        for f in [self._pool.submit(_download_worker.warm_up) for _ in range(n)]:
-            f.result()
+        self._pool = worker_pool(self.worker_count())
         self._previous = PreviousDownloads(self.previous) if self.retry_failed else None
 
     def close(self) -> None:
-        """Stop the worker processes (they also stop when the stage is garbage collected)."""
-        if getattr(self, "_finalizer", None) is not None:
-            self._finalizer()
+        """Forget the worker pool (shared by the stages of this process; it stops at exit)."""
+        self.__dict__.pop("_pool", None)
         self._ready = False
 
     def __getstate__(self):  # a set-up stage travels (e.g. to Ray actors) without its pool
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_finalizer", "_previous")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_previous")}
         state["_ready"] = False
         return state
 
@@ -173,11 +163,57 @@ class Download(MapStage):
                 for _ in self._pool.map(downloader, failed):  # one more try, as img2dataset's own distributor
                     pass
             except BrokenProcessPool:  # a worker died (killed, out of memory): its rows get no_result
-                self.close()
-                self.ensure_setup()
+                discard_pool(self._pool)
+                self._pool = worker_pool(n_workers)
             return _read_results(out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_POOLS: dict[int, object] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def worker_pool(n: int):
+    """The process's pool of n download workers, started (and warmed up) on first use.
+
+    Workers hold no per-stage state (each task carries its downloader and policy), so every
+    download stage in a process shares one pool per size: starting a worker costs seconds of
+    img2dataset imports. Spawned, as img2dataset does: forking a process with threads is unsafe.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from stages import _download_worker
+
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_download_worker.warm_up)
+            for f in [pool.submit(os.getpid) for _ in range(n)]:  # start all n now, not on demand
+                f.result()
+            if not _POOLS:
+                atexit.register(_shutdown_pools)
+            _POOLS[n] = pool
+        return pool
+
+
+def _shutdown_pools() -> None:
+    """At exit, before module teardown (an executor collected then complains on stderr)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def discard_pool(pool) -> None:
+    with _POOLS_LOCK:
+        for n, p in list(_POOLS.items()):
+            if p is pool:
+                del _POOLS[n]
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _write_shard(tmp: str, k: int, rows: list[tuple[int, str]]) -> tuple[int, str]:

@@ -68,7 +68,7 @@ def address_refusal(ip_text: str, allow_private_networks: bool) -> str | None:
         return "unspecified address"
     if ip.is_multicast:
         return "multicast address"
-    if ip.is_reserved:
+    if ip.is_reserved and not ip.is_loopback:  # ::1 sits inside IPv6's reserved ::/8
         return "reserved address"
     if allow_private_networks:
         return None
