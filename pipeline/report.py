@@ -48,7 +48,7 @@ def write_report(run_dir: str, output: str | None = None, *, per_grid: int = 12,
     types = {s.get("name") or s.get("stage"): str(s.get("stage", "")) for s in arts.stage_specs(pipeline)}
 
     files = _manifest_files(run_dir)
-    schema = pa.unify_schemas([pq.read_schema(p) for _, p in files], promote_options="permissive") if files else None
+    schema = _schema(files)
     cols = score_columns(schema) if schema else []
     thr = arts.thresholds(run_dir, pipeline, cols)
     ranges = column_ranges([p for _, p in files], cols)
@@ -92,6 +92,15 @@ def _manifest_files(run_dir: str) -> list[tuple[str, str]]:
         return []
     names = sorted(n for n in os.listdir(folder) if n.endswith(".parquet") and ".tmp-" not in n)
     return [(n.removeprefix("part-").removesuffix(".parquet"), os.path.join(folder, n)) for n in names]
+
+
+def _schema(files: list[tuple[str, str]]) -> pa.Schema | None:
+    """The manifest's columns over all files; where files disagree on a type, the first file's wins."""
+    fields: dict[str, pa.Field] = {}
+    for _, path in files:
+        for f in pq.read_schema(path):
+            fields.setdefault(f.name, f)
+    return pa.schema(list(fields.values())) if files else None
 
 
 def _attach_images(run_dir: str, scan, thumb_px: int) -> None:

@@ -77,11 +77,15 @@ def column_ranges(files: list[str], columns: list[str]) -> dict[str, tuple[float
                     if md.row_group(g).num_rows and (st is None or st.null_count != md.row_group(g).num_rows):
                         missing.add(c)
                     continue
+                if not isinstance(st.min, (int, float)):  # e.g. float16 statistics come back as raw bytes
+                    missing.add(c)
+                    continue
                 lo[c], hi[c] = min(lo[c], float(st.min)), max(hi[c], float(st.max))
     for c in missing:
         for path in files:
             if c in pq.read_schema(path).names:
-                mm = pc.min_max(pq.read_table(path, columns=[c])[c]).as_py()
+                values = pq.read_table(path, columns=[c])[c].cast(pa.float64())
+                mm = pc.min_max(pc.if_else(pc.is_nan(values), None, values)).as_py()
                 if mm["min"] is not None:
                     lo[c], hi[c] = min(lo[c], mm["min"]), max(hi[c], mm["max"])
     return {c: (lo[c], hi[c]) for c in columns if np.isfinite(lo[c]) and np.isfinite(hi[c])}

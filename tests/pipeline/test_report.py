@@ -250,6 +250,22 @@ def test_sections_appear_only_with_their_data(basic, tmp_path, capsys):
         write_report(str(bare))
 
 
+def test_odd_manifests_float16_nan_empty_files(tmp_path):
+    run = tmp_path / "odd"
+    (run / "manifest").mkdir(parents=True)
+    table = pa.table({"uid": ["a", "b", "c"], "caption": ["x", None, "z"], "reject_stage": [None, "s", "s"],
+                      "reject_reason": [None, "r1", "r2"], "half": pa.array(np.array([0.1, 0.5, 0.9], np.float16)),
+                      "all_nan": pa.array([float("nan")] * 3, pa.float32()), "all_null": pa.nulls(3, pa.float64())})
+    pq.write_table(table, run / "manifest" / "part-00000.parquet")
+    pq.write_table(table.slice(0, 0), run / "manifest" / "part-00001.parquet")
+    (run / "stats.json").write_text(json.dumps({"rows_in": 3, "rows_kept": 1, "stages": {
+        "s": {"rows_in": 3, "kept": 1, "rejected": {"r1": 1, "r2": 1}}}}))
+    html = pathlib.Path(write_report(str(run))).read_text()
+    assert 'data-column="half" data-n="3"' in html  # float16 statistics are bytes: read the column instead
+    assert 'data-column="all_nan"' not in html and 'data-column="all_null"' not in html
+    assert html.count("<figure") == 3 and html.count("image not found in run dir") == 3
+
+
 def test_winnow_run_writes_the_report(sample_dir, tmp_path, capsys):
     yaml_path = tmp_path / "p.yaml"
     out = tmp_path / "out"
