@@ -1,0 +1,292 @@
+"""MetaCLIP balancing (Demystifying CLIP Data; MetaCLIP 2 for per-language thresholds).
+
+prepare: match each caption against the metadata entries (reference substring semantics, v1 or v2) ->
+``metaclip_entries`` list<int32>. Barrier: per-entry match counts over the whole run (associative sums), ``t``
+given or solved for a target, -> artifact. apply: keep a row with probability ``1 - prod(1 - p_e)``,
+``p_e = min(1, t / count_e)``, drawn from ``(seed, uid)`` so any sharding and either runner keep the same rows;
+rejections ``metaclip:no_match`` and ``metaclip:balanced_out``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kernels import balance as bal
+from pipeline.errors import WinnowError
+from stages.base import GlobalStage, Param, Resources, set_column
+
+ENTRIES = "metaclip_entries"
+GROUP = "metaclip_group"
+KEEP_PROB = "metaclip_keep_prob"
+DEFAULT_T = 20_000.0  # MetaCLIP-400M; 170,000 for the 2.5B pool
+SINGLE = "all"  # group name when one metadata list serves every row
+OTHER = "other"  # MetaCLIP 2's group for languages without their own metadata
+DRAW_SALT, SAMPLE_SALT = 0x6D657461, 0x73616D70  # independent hash streams: keep draw vs. t-solving sample
+
+
+class MetaCLIPBalance(GlobalStage):
+    name = "metaclip"
+    help = "MetaCLIP balancing: substring-match captions to metadata entries, count globally, sample by 1-prod(1-p_e)"
+    params = (
+        Param("metadata", str, "", "MetaCLIP metadata: a JSON list of strings, entry id = position"),
+        Param("version", str, "v1", "reference matching semantics: v1 (MetaCLIP) or v2 (MetaCLIP 2: strip, "
+              "no padding beside CJK-like/punctuation ends)", choices=("v1", "v2")),
+        Param("t", float, None, f"head/tail threshold t (p_e = min(1, t/count_e)); default {DEFAULT_T:g} "
+              "unless target_fraction or target_rows is given"),
+        Param("target_fraction", float, None, "solve t so the expected kept rows are this fraction of rows in"),
+        Param("target_rows", int, None, "solve t so the expected kept rows are this many"),
+        Param("text_column", str, "caption", "column matched against the metadata"),
+        Param("lang_metadata", dict, {}, "MetaCLIP 2 per-language metadata {lang: path}; rows whose lang_column "
+              "has no entry here use 'metadata' (group 'other')"),
+        Param("lang_column", str, "lang", "language code column used with lang_metadata"),
+        Param("reference_lang", str, "en", "with lang_metadata: the language t applies to; every other language "
+              "gets the threshold with the same tail share of matches (MetaCLIP 2's t_to_p / p_to_t)"),
+        Param("sample_rows", int, 100_000, "rows sampled by uid hash to solve t for a target (exact below this)"),
+    )
+    resources = Resources(cpus=1)
+    batch_size = 16384
+    stateful = True  # the Aho-Corasick automaton is built once per worker
+
+    def validate(self):
+        where = f"stage '{self.instance_name}' (metaclip)"
+        given = [k for k in ("t", "target_fraction", "target_rows") if self.config[k] is not None]
+        if len(given) > 1:
+            raise WinnowError(f"{where}: give only one of t, target_fraction, target_rows (got {', '.join(given)})")
+        if self.t is not None and self.t <= 0:
+            raise WinnowError(f"{where}: parameter 't' must be > 0, got {self.t}")
+        if self.target_fraction is not None and not 0 < self.target_fraction <= 1:
+            raise WinnowError(f"{where}: parameter 'target_fraction' must be in (0, 1], got {self.target_fraction}")
+        if self.target_rows is not None and self.target_rows < 1:
+            raise WinnowError(f"{where}: parameter 'target_rows' must be >= 1, got {self.target_rows}")
+        if self.sample_rows < 1:
+            raise WinnowError(f"{where}: parameter 'sample_rows' must be >= 1")
+        bad = [k for k, v in self.lang_metadata.items() if not isinstance(v, str) or not v]
+        if bad:
+            raise WinnowError(f"{where}: lang_metadata['{bad[0]}'] must be a path to a JSON list of entries")
+        if not self.metadata and not self.lang_metadata:
+            raise WinnowError(f"{where}: set 'metadata' to a JSON list of entries (MetaCLIP's metadata.json)")
+        if OTHER in self.lang_metadata and self.metadata:
+            raise WinnowError(f"{where}: lang_metadata['{OTHER}'] and 'metadata' both name the fallback list")
+        if self.lang_metadata and self.reference_lang not in self.lang_metadata:
+            raise WinnowError(f"{where}: reference_lang '{self.reference_lang}' has no lang_metadata entry")
+        self.groups = self._group_paths()
+        self.requires = ("uid", self.text_column) + ((self.lang_column,) if self.lang_metadata else ())
+
+    def _group_paths(self) -> dict[str, str]:
+        if not self.lang_metadata:
+            return {SINGLE: self.metadata}
+        out = dict(sorted(self.lang_metadata.items()))
+        if self.metadata:
+            out[OTHER] = self.metadata
+        return out
+
+    def produces(self):
+        cols = {ENTRIES: pa.list_(pa.int32()), KEEP_PROB: pa.float32()}
+        return cols | ({GROUP: pa.string()} if self.lang_metadata else {})
+
+    def setup(self):
+        self._matchers: dict = {}
+        for path in self.groups.values():  # fail early on a missing or malformed file
+            load_metadata(path)
+
+    def _matcher(self, group: str):
+        if group not in self._matchers:  # built lazily: MetaCLIP 2 has hundreds of per-language lists
+            self._matchers[group] = _cached_matcher(self.groups[group], self.version)
+        return self._matchers[group]
+
+    def provenance(self):
+        return {g: {"metadata": os.path.abspath(p), "entries": len(load_metadata(p))} for g, p in self.groups.items()}
+
+    # -- prepare: caption -> entry ids ------------------------------------------------------------
+    def prepare(self, table: pa.Table) -> pa.Table:
+        texts = _as_strings(table[self.text_column], self.text_column)
+        groups = self._row_groups(table)
+        if groups is None:
+            return set_column(table, ENTRIES, self._match(texts, SINGLE))
+        pieces, positions = [], []
+        for group in np.unique(groups):
+            idx = np.flatnonzero(groups == group)
+            pieces.append(self._match(texts.take(pa.array(idx)), group) if group in self.groups
+                          else pa.array([[]] * len(idx), pa.list_(pa.int32())))
+            positions.append(idx)
+        order = np.argsort(np.concatenate(positions), kind="stable")
+        entries = pa.concat_arrays(pieces).take(pa.array(order)) if pieces else pa.array([], pa.list_(pa.int32()))
+        table = set_column(table, ENTRIES, entries)
+        return set_column(table, GROUP, pa.array(groups, pa.string()))
+
+    def _row_groups(self, table: pa.Table) -> np.ndarray | None:
+        if not self.lang_metadata:
+            return None
+        if self.lang_column not in table.column_names:
+            raise WinnowError(f"stage '{self.instance_name}': lang_metadata needs column '{self.lang_column}'")
+        langs = np.asarray(pc.fill_null(table[self.lang_column].cast(pa.string()), "").to_numpy(
+            zero_copy_only=False), dtype=object)
+        own = np.isin(langs, [k for k in self.lang_metadata])
+        return np.where(own, langs, OTHER).astype(object)
+
+    def _match(self, texts: pa.Array, group: str) -> pa.Array:
+        """Match each distinct caption once (web alt-text repeats a lot), then spread to the rows."""
+        from kernels.substring_match import match_texts
+
+        encoded = pc.dictionary_encode(texts)
+        offsets, ids = match_texts(encoded.dictionary.to_pylist(), self._matcher(group))
+        lists = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
+        return pc.fill_null(lists.take(encoded.indices), pa.scalar([], pa.list_(pa.int32())))
+
+    # -- barrier: counts (+ a uid-hash sample when t is solved for a target) ------------------------------
+    def partial(self, table: pa.Table) -> dict:
+        offsets, ids = _csr(table[ENTRIES])
+        matched = np.diff(offsets) > 0
+        gidx = self._group_index(table)
+        counts = {}
+        for gi, group in enumerate(self.groups):
+            rows = np.flatnonzero((gidx == gi) & matched)
+            if len(rows):
+                bc = np.bincount(bal.csr_take(offsets, ids, rows)[1])
+                nz = np.flatnonzero(bc)
+                counts[group] = (nz.astype(np.int32), bc[nz])
+        part = {"rows": table.num_rows, "matched": int(matched.sum()), "counts": counts, "sample": None}
+        if self.t is None and (self.target_fraction is not None or self.target_rows is not None):
+            rows = np.flatnonzero(matched)
+            data, uoff = _utf8(table["uid"])
+            hashes = bal.hash_strings(data, uoff, self.seed, SAMPLE_SALT)[rows]
+            so, si = bal.csr_take(offsets, ids, rows)
+            part["sample"] = _bottom_k({"hash": hashes, "group": gidx[rows], "offsets": so, "ids": si},
+                                       self.sample_rows)
+        return part
+
+    def _group_index(self, table: pa.Table) -> np.ndarray:
+        if not self.lang_metadata:
+            return np.zeros(table.num_rows, np.int16)
+        names = table[GROUP].to_numpy(zero_copy_only=False)
+        lookup = {g: i for i, g in enumerate(self.groups)}
+        return np.array([lookup.get(g, -1) for g in names], np.int16)
+
+    def combine(self, parts: list[dict]) -> dict:
+        out = {"rows": sum(p["rows"] for p in parts), "matched": sum(p["matched"] for p in parts), "counts": {},
+               "sample": None}
+        for group in self.groups:
+            got = [p["counts"][group] for p in parts if group in p["counts"]]
+            if got:
+                ids = np.concatenate([g[0] for g in got])
+                total = np.bincount(ids, weights=np.concatenate([g[1] for g in got]).astype(np.float64))
+                nz = np.flatnonzero(total)
+                out["counts"][group] = (nz.astype(np.int32), np.rint(total[nz]).astype(np.int64))
+        samples = [p["sample"] for p in parts if p.get("sample") is not None]
+        if samples:
+            merged = {k: np.concatenate([s[k] for s in samples]) for k in ("hash", "group")}
+            merged["offsets"], merged["ids"] = _concat_csr([(s["offsets"], s["ids"]) for s in samples])
+            out["sample"] = _bottom_k(merged, self.sample_rows)
+        return out
+
+    def finalize(self, combined: dict) -> dict:
+        from stages._metaclip_artifacts import build_artifact
+
+        return build_artifact(self, combined)
+
+    def write_artifacts(self, artifact: dict, directory: str) -> None:
+        """Sidecar files beside the JSON artifact: per-entry counts and probabilities as Parquet."""
+        from stages._metaclip_artifacts import write_entry_table
+
+        write_entry_table(self, artifact, os.path.join(directory, f"{self.instance_name}.entries.parquet"))
+
+    # -- apply: keyed Bernoulli decision ------------------------------------------------------------------
+    def apply(self, table: pa.Table, artifact: dict) -> pa.Table:
+        offsets, ids = _csr(table[ENTRIES])
+        probs, bases = self._dense_probs(artifact)
+        gidx = self._group_index(table).astype(np.int64)
+        row_base = np.where(gidx >= 0, bases[np.maximum(gidx, 0)], 0)
+        keep_prob = bal.keep_probabilities(offsets, ids + np.repeat(row_base, np.diff(offsets)), probs)
+        data, uoff = _utf8(table["uid"])
+        kept = bal.keep_decisions(keep_prob, data, uoff, self.seed, DRAW_SALT)
+        reasons = np.where(np.diff(offsets) == 0, "metaclip:no_match", np.where(kept, None, "metaclip:balanced_out"))
+        table = set_column(table, KEEP_PROB, pa.array(keep_prob, pa.float32()))
+        return self.reject(table, pa.array(reasons.tolist(), pa.string()))
+
+    def _dense_probs(self, artifact: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Entry probabilities of every group end to end (ids offset by the group's base), cached per artifact."""
+        cached = getattr(self, "_probs_cache", None)
+        if cached is not None and cached[0] is artifact:
+            return cached[1]
+        parts, bases, base = [], [], 0
+        for group in self.groups:
+            g = artifact["groups"][group]
+            counts = np.zeros(g["n_entries"], np.int64)
+            counts[np.asarray(g["entry_ids"], np.int64)] = g["counts"]
+            parts.append(bal.entry_probabilities(counts, artifact["thresholds"][group]))
+            bases.append(base)
+            base += g["n_entries"]
+        result = (np.concatenate(parts) if parts else np.zeros(0), np.asarray(bases, np.int64))
+        self._probs_cache = (artifact, result)
+        return result
+
+
+@functools.lru_cache(maxsize=64)
+def load_metadata(path: str) -> list[str]:
+    """A MetaCLIP metadata file: a JSON list of strings (entry id = position)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except FileNotFoundError:
+        raise WinnowError(f"metaclip metadata {path}: not found") from None
+    except (OSError, ValueError) as exc:
+        raise WinnowError(f"metaclip metadata {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise WinnowError(f"metaclip metadata {path}: must be a JSON list of strings (MetaCLIP's metadata.json)")
+    return entries
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_matcher(path: str, version: str):
+    """One automaton per (file, semantics) per process, shared by stage instances (reruns, several stages)."""
+    from kernels.substring_match import build_matcher
+
+    return build_matcher(load_metadata(path), version)
+
+
+def _as_strings(col, name: str) -> pa.Array:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    try:
+        return col.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise WinnowError(f"metaclip: column '{name}' must be text, got {col.type}") from None
+
+
+def _csr(col) -> tuple[np.ndarray, np.ndarray]:
+    """A list<int32> column as (offsets, ids) numpy CSR; null lists are empty."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    return offsets, ids
+
+
+def _utf8(col) -> tuple[np.ndarray, np.ndarray]:
+    """Arrow's own UTF-8 bytes and offsets of a string column (null -> empty) for vectorised hashing."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    col = pc.fill_null(col.cast(pa.large_string()), "")
+    _, off_buf, data_buf = col.buffers()
+    offsets = np.frombuffer(off_buf, np.int64)[col.offset:col.offset + len(col) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return data, offsets
+
+
+def _concat_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    shifts = np.cumsum([0] + [len(i) for _, i in parts[:-1]])
+    offsets = np.concatenate([[0]] + [o[1:] + s for (o, _), s in zip(parts, shifts)]).astype(np.int64)
+    return offsets, np.concatenate([i for _, i in parts])
+
+
+def _bottom_k(sample: dict, k: int) -> dict:
+    """The k rows with the smallest hashes, sorted by hash: the same set and order however rows were split."""
+    order = np.argsort(sample["hash"], kind="stable")[:k]
+    offsets, ids = bal.csr_take(sample["offsets"], sample["ids"], order)
+    return {"hash": sample["hash"][order], "group": sample["group"][order], "offsets": offsets, "ids": ids}
