@@ -78,36 +78,38 @@ def _pairs_faiss(h: np.ndarray, radius: int):
     codes = to_codes(h)
     index.add(codes)
     lims, dist, idx = index.range_search(codes, radius + 1)  # faiss: distance < radius
-    rows = np.repeat(np.arange(len(h), dtype=np.int64), np.diff(lims))
+    rows = np.repeat(np.arange(len(h), dtype=np.int64), np.diff(lims).astype(np.int64))
     idx = idx.astype(np.int64)
     keep = idx > rows
     return rows[keep], idx[keep], dist[keep].astype(np.int64)
 
 
-def greedy_survivors(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def greedy_survivors(n: int, i: np.ndarray, j: np.ndarray, dist: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Keep/duplicate decisions for ``n`` items given near pairs, items numbered in preference order (0 = best).
 
-    Greedy in that order: an item is kept unless a better *kept* item is near it, in which case it is a
-    duplicate of the best such item. Kept items are pairwise far apart, and every duplicate points at a
-    kept item. Returns (keep bool[n], dup_of int64[n] with -1 for kept items).
+    Greedy in that order: an item is kept unless a better *kept* item is near it. Kept items are
+    pairwise far apart. Each duplicate points at the nearest better kept item (ties: the better one;
+    without ``dist``, the best one). Returns (keep bool[n], dup_of int64[n] with -1 for kept items).
     """
     keep = np.ones(n, dtype=bool)
     dup_of = np.full(n, -1, dtype=np.int64)
     if len(i) == 0:
         return keep, dup_of
     lo, hi = np.minimum(i, j), np.maximum(i, j)
+    d = np.zeros(len(lo), np.int64) if dist is None else np.asarray(dist, np.int64)
     order = np.lexsort((hi, lo))
-    lo, hi = lo[order], hi[order]
-    starts = np.flatnonzero(np.r_[True, lo[1:] != lo[:-1]])
-    ends = np.r_[starts[1:], len(lo)]
+    slo, shi = lo[order], hi[order]
+    starts = np.flatnonzero(np.r_[True, slo[1:] != slo[:-1]])
+    ends = np.r_[starts[1:], len(slo)]
     for s, e in zip(starts, ends):  # one iteration per item that has worse neighbours
-        a = lo[s]
-        if not keep[a]:
-            continue
-        worse = hi[s:e]
-        fresh = worse[keep[worse]]
-        keep[fresh] = False
-        dup_of[fresh] = a
+        if keep[slo[s]]:
+            keep[shi[s:e]] = False
+    edge = keep[lo] & ~keep[hi]  # every duplicate has at least one such edge
+    lo, hi, d = lo[edge], hi[edge], d[edge]
+    order = np.lexsort((lo, d, hi))
+    first = np.r_[True, hi[order][1:] != hi[order][:-1]]
+    dup_of[hi[order][first]] = lo[order][first]
     return keep, dup_of
 
 

@@ -193,8 +193,8 @@ class PerceptualDedup(GroupStage):
 
         order = survivor_order(group, self.prefer)
         hashes = group["phash"].to_numpy()[order]
-        i, j, _ = pairs_within(hashes, self.radius)
-        keep, dup_rank = greedy_survivors(len(order), i, j)
+        i, j, dist = pairs_within(hashes, self.radius)
+        keep, dup_rank = greedy_survivors(len(order), i, j, dist)
         dup = np.full(group.num_rows, -1, dtype=np.int64)
         dup[order[~keep]] = order[dup_rank[~keep]]
         return mark_duplicates(self, group, dup, "dup:phash")
