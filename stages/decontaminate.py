@@ -84,6 +84,9 @@ class Decontaminate(MapStage):
         n = table.num_rows
         match = np.full(n, -1, dtype=np.int64)  # eval row index per pool row
         if self.radius >= 0:
+            if "image" not in table.column_names and "phash" not in table.column_names:
+                raise WinnowError(f"stage '{self.instance_name}': pHash matching needs an 'image' column "
+                                  f"(columns: {', '.join(table.column_names)}); or set radius: -1")
             hashes, ok = phash_column(table, self.threads)
             table = set_column(table, "phash", pa.array(hashes, pa.uint64(), mask=~ok))
             dist, idx = self._hash_index.nearest(hashes)
