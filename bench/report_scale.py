@@ -105,7 +105,9 @@ def _write_json(run: str, rows: int, totals: dict, counts: np.ndarray) -> None:
     with open(os.path.join(run, "artifacts", "clip.json"), "w") as f:
         json.dump({"threshold": 0.27}, f)
     with open(os.path.join(run, "artifacts", "metaclip.json"), "w") as f:
-        json.dump({"t": 200, "counts": counts.tolist()}, f)
+        nz = np.flatnonzero(counts)  # the metaclip stage's artifact: sparse counts per metadata group
+        json.dump({"t": 200.0, "thresholds": {"all": 200.0}, "groups": {"all": {
+            "n_entries": ENTRIES, "t": 200.0, "entry_ids": nz.tolist(), "counts": counts[nz].tolist()}}}, f)
 
 
 OURS = "from pipeline.report import write_report; import sys; write_report(sys.argv[1])"

@@ -24,6 +24,7 @@ from pipeline.report_images import fetch_rows, thumbnail
 from pipeline.report_scan import KEPT_KEY, ManifestScanner, column_ranges, histogram_edges, score_columns
 
 MAX_REASON_GRIDS = 40
+MAX_CURVES = 3  # MetaCLIP 2 has a metadata group per language: show those with the most matches
 
 
 def main(args) -> int:
@@ -53,23 +54,27 @@ def write_report(run_dir: str, output: str | None = None, *, per_grid: int = 12,
     thr = arts.thresholds(run_dir, pipeline, cols)
     ranges = column_ranges([p for _, p in files], cols)
     edges = {c: histogram_edges(*ranges[c], [v for _, v in thr[c]]) for c in cols if c in ranges}
-    counts, t, counts_source = arts.metaclip_counts(run_dir, pipeline)
+    curves = arts.metaclip_curves(run_dir, pipeline)[:MAX_CURVES]
+    has_entries = bool(schema and "metaclip_entries" in schema.names)
     stems = [s for s, _ in files]
     picked = {stems[int(i)] for i in np.unique(np.linspace(0, len(stems) - 1, min(sample_shards, len(stems))).round())} \
         if stems else set()
+    entry_groups = [c["group"] for c in curves] or ([None] if has_entries else [])
     scan = ManifestScanner(per_grid, dup_groups, dup_members, seed, edges,
-                           entries=bool(schema and "metaclip_entries" in schema.names)).scan(files, picked)
+                           entry_groups if has_entries else []).scan(files, picked)
     scan.samples[KEPT_KEY] = scan.samples.get(KEPT_KEY, [])
     _attach_images(run_dir, scan, thumb_px)
 
-    if counts is None and scan.entry_counts is not None:
-        counts, counts_source = scan.entry_counts, "manifest column metaclip_entries"
+    if not curves and None in scan.entry_counts:
+        curves = [{"group": None, "counts": scan.entry_counts[None], "t": arts.metaclip_t(pipeline),
+                   "source": "manifest column metaclip_entries"}]
     sections = [
         ("funnel", "Funnel", charts.funnel_svg([{"name": n, **s} for n, s in stats["stages"].items()],
                                                 int(stats["rows_in"]), int(stats["rows_kept"]))
          + h.funnel_table(stats, types)),
         ("scores", "Score distributions", _scores(scan.histograms, thr)),
-        ("balance", "MetaCLIP balancing", _balance(counts, t, scan.entry_realized, counts_source)),
+        ("balance", "MetaCLIP balancing", "".join(_balance(c, scan.entry_realized.get(c["group"]), len(curves) > 1)
+                                                    for c in curves)),
         ("duplicates", "Duplicate groups", _duplicates(scan.dup_groups, stats)),
         ("kept", "Kept samples", _grid("kept", scan.samples[KEPT_KEY], len(picked), len(stems))),
         ("rejected", "Rejected samples by reason", _rejected(stats, scan.samples, len(picked), len(stems))),
@@ -134,19 +139,23 @@ def _scores(histograms: dict, thr: dict) -> str:
     return f'<div class="charts">{"".join(out)}</div>' if out else ""
 
 
-def _balance(counts, t, realized, source: str) -> str:
-    if counts is None or not len(counts) or counts.sum() <= 0:
+def _balance(curve: dict, realized, several: bool) -> str:
+    counts, t = curve["counts"], curve["t"]
+    if not len(counts) or counts.sum() <= 0:
         return ""
     if realized is not None:
         size = max(len(counts), len(realized))
         counts, realized = np.pad(counts, (0, size - len(counts))), np.pad(realized, (0, size - len(realized)))
     matched = int((counts > 0).sum())
-    text = f"{matched:,} entries matched, {int(counts.sum()):,} matches (counts from {escape(source)})"
+    text = f"{matched:,} entries matched, {int(counts.sum()):,} matches (counts from {escape(curve['source'])})"
     if t is not None:
-        head = int((counts > t).sum())
-        text += (f"; t = {t:,.0f}: {head:,} head entries flattened to t, {matched - head:,} tail entries kept whole; "
+        head = int((counts >= t).sum())  # p_e = 1 below t, t/count from t on
+        text += (f"; t = {t:,.6g}: {head:,} head entries flattened to t, {matched - head:,} tail entries kept whole; "
                  f"expected matches after balancing {int(np.minimum(counts, t).sum()):,}")
-    return f'{charts.balance_svg(counts, t, realized)}<p class="muted" id="balance-summary">{text}</p>'
+    group = curve["group"]
+    title = f"<h3>metadata group {escape(str(group))}</h3>" if several else ""
+    return (f'<div class="balance" data-group="{escape(str(group))}">{title}{charts.balance_svg(counts, t, realized)}'
+            f'<p class="muted balance-summary">{text}</p></div>')
 
 
 def _duplicates(groups: dict, stats: dict) -> str:

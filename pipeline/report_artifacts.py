@@ -3,8 +3,8 @@
 Stages own their artifact formats, so this module reads them by convention and ignores what it
 does not recognise: a threshold is any number under a key ending in ``threshold`` (or ``min_score``)
 in ``artifacts/<instance>.json``, or a ``min_<column>``/``max_<column>`` parameter in the config;
-MetaCLIP entry counts come from an artifact (JSON list or Parquet column) or else from the
-manifest's ``metaclip_entries``; ``t`` from the artifact or the stage's config.
+MetaCLIP entry counts come from the metaclip stage's artifact (per metadata group) or its Parquet
+sidecar, or else from the manifest's ``metaclip_entries``; ``t`` from the artifact or the config.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import WinnowError
@@ -102,29 +103,75 @@ def metaclip_instances(pipeline: dict | None) -> list[dict]:
     return [s for s in stage_specs(pipeline) if "metaclip" in str(s.get("stage", "")).lower()]
 
 
-def metaclip_counts(run_dir: str, pipeline: dict | None) -> tuple[np.ndarray | None, float | None, str]:
-    """(per-entry match counts or None, t or None, where the counts came from)."""
-    specs = metaclip_instances(pipeline)
-    names = [s.get("name") or s.get("stage") for s in specs] or ["metaclip"]
-    t = next((float(s[k]) for s in specs for k in T_KEYS if isinstance(s.get(k), (int, float))), None)
-    counts, source = None, ""
+def metaclip_t(pipeline: dict | None) -> float | None:
+    """``t`` as configured (None when the stage solves it for a target)."""
+    return next((float(s[k]) for s in metaclip_instances(pipeline) for k in T_KEYS
+                 if _number(s.get(k))), None)
+
+
+def metaclip_curves(run_dir: str, pipeline: dict | None) -> list[dict]:
+    """Per metadata group: {"group", "counts" (dense, by entry id), "t", "source"}, most matches first.
+
+    The stage's JSON artifact holds sparse per-group counts (``groups[g].entry_ids/counts/n_entries/t``);
+    its ``<instance>.entries.parquet`` sidecar holds every entry (``group, entry_id, count``); a plain
+    ``counts`` list is read too. Empty when no artifact exists (the manifest is the fallback).
+    """
+    names = [s.get("name") or s.get("stage") for s in metaclip_instances(pipeline)] or ["metaclip"]
     for inst in names:
         art = artifact(run_dir, inst) or {}
-        t = next((float(art[k]) for k in T_KEYS if isinstance(art.get(k), (int, float))), t)
-        for key in COUNT_KEYS:
-            if counts is None and isinstance(art.get(key), list):
-                counts, source = np.asarray(art[key], np.int64), f"artifacts/{inst}.json"
-    if counts is None:
-        for path in sorted(glob.glob(os.path.join(run_dir, "artifacts", "**", "*.parquet"), recursive=True)):
-            rel = os.path.relpath(path, run_dir)
-            if not any(n and n in rel for n in names):
-                continue
-            schema = pq.read_schema(path)
-            col = next((c for c in COUNT_COLUMNS if c in schema.names and pa.types.is_integer(schema.field(c).type)), None)
-            if col:
-                counts, source = _counts_by_entry(pq.read_table(path), col), rel
-                break
-    return counts, t, source
+        t = next((float(art[k]) for k in T_KEYS if _number(art.get(k))), metaclip_t(pipeline))
+        per_group = art.get("thresholds") if isinstance(art.get("thresholds"), dict) else {}
+        curves = _curves_from_json(art, t, per_group, f"artifacts/{inst}.json")
+        if not curves:
+            curves = _curves_from_parquet(run_dir, inst, t, per_group)
+        if curves:
+            return sorted(curves, key=lambda c: -int(c["counts"].sum()))
+    return []
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _curves_from_json(art: dict, t, per_group: dict, source: str) -> list[dict]:
+    out = []
+    groups = art.get("groups") if isinstance(art.get("groups"), dict) else {}
+    for g, info in groups.items():
+        try:
+            ids = np.asarray(info["entry_ids"], np.int64)
+            counts = np.asarray(info["counts"], np.int64)
+            dense = np.zeros(max(int(info.get("n_entries", 0)), int(ids.max()) + 1 if len(ids) else 0), np.int64)
+            dense[ids] = counts
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        g_t = info.get("t") if _number(info.get("t")) else per_group.get(g, t)
+        out.append({"group": g, "counts": dense, "t": float(g_t) if _number(g_t) else None, "source": source})
+    for key in COUNT_KEYS:
+        if not out and isinstance(art.get(key), list):
+            out.append({"group": None, "counts": np.asarray(art[key], np.int64), "t": t, "source": source})
+    return out
+
+
+def _curves_from_parquet(run_dir: str, inst: str, t, per_group: dict) -> list[dict]:
+    for path in sorted(glob.glob(os.path.join(run_dir, "artifacts", "**", "*.parquet"), recursive=True)):
+        rel = os.path.relpath(path, run_dir)
+        if inst not in rel:
+            continue
+        schema = pq.read_schema(path)
+        col = next((c for c in COUNT_COLUMNS if c in schema.names and pa.types.is_integer(schema.field(c).type)), None)
+        if not col:
+            continue
+        table = pq.read_table(path)
+        if "group" not in table.column_names:
+            return [{"group": None, "counts": _counts_by_entry(table, col), "t": t, "source": rel}]
+        out = []
+        for g in table["group"].unique().to_pylist():
+            part = table.filter(pc.equal(table["group"], g))
+            g_t = per_group.get(g, t)
+            out.append({"group": g, "counts": _counts_by_entry(part, col), "t": g_t if _number(g_t) else None,
+                        "source": rel})
+        return out
+    return []
 
 
 def _counts_by_entry(table: pa.Table, col: str) -> np.ndarray:

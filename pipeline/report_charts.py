@@ -121,7 +121,7 @@ def balance_svg(counts: np.ndarray, t: float | None, realized: np.ndarray | None
     before = counts[order]
     n = int((before > 0).sum())
     before = before[:n]
-    w, h, ml, mr, mt, mb = 560, 260, 56, 16, 22, 38
+    w, h, ml, mr, mt, mb = 560, 270, 44, 16, 34, 38  # the legend sits in the top margin, off the curves
     pw, ph = w - ml - mr, h - mt - mb
     ymax = math.log10(max(float(before.max()) if n else 1.0, 10.0)) * 1.05
     xmax = math.log10(max(n, 10))
@@ -158,14 +158,17 @@ def balance_svg(counts: np.ndarray, t: float | None, realized: np.ndarray | None
                                for r in ranks if real[r] > 0))
         if t is not None:
             out.append(line(np.minimum(before, t), KEPT, "after", "6 3"))
-            out.append(f'<text x="{ml + pw - 4}" y="{y(t) - 5:.1f}" text-anchor="end" class="thr">t = {t:,.0f}</text>')
-    legend = [(BEFORE, "before: matches per entry")]
+            # below the line at the left: there the curve is above t (the head), so the label stays clear
+            out.append(f'<text x="{ml + 6}" y="{min(y(t) + 14, mt + ph - 4):.1f}" class="thr">t = {t:,.6g}</text>')
+    legend = [(BEFORE, "before")]
     if t is not None:
-        legend.append((KEPT, "after (expected): min(count, t)"))
+        legend.append((KEPT, "after, expected: min(count, t)"))
     if realized is not None:
-        legend.append(("#e08a1e", "after (realized): matches among kept rows"))
-    for j, (color, text) in enumerate(legend):
-        out.append(f'<rect x="{ml + pw - 265}" y="{mt + 4 + 15 * j}" width="10" height="10" fill="{color}"/>'
-                   f'<text x="{ml + pw - 250}" y="{mt + 13 + 15 * j}" class="tick">{text}</text>')
+        legend.append(("#e08a1e", "after, realized (kept rows)"))
+    lx = ml
+    for color, text in legend:
+        out.append(f'<rect x="{lx}" y="8" width="10" height="10" fill="{color}"/>'
+                   f'<text x="{lx + 14}" y="17" class="tick">{text}</text>')
+        lx += 24 + 5.8 * len(text)
     out.append("</svg>")
     return "".join(out)

@@ -49,8 +49,10 @@ class ScanResult:
     histograms: dict[str, Histogram] = field(default_factory=dict)
     samples: dict[tuple[str, str], list[dict]] = field(default_factory=dict)  # (stage, reason) -> rows
     dup_groups: dict[str, dict] = field(default_factory=dict)  # survivor uid -> {"members": [...], "n": int}
-    entry_counts: np.ndarray | None = None  # metaclip matches per entry over rows that were matched
-    entry_realized: np.ndarray | None = None  # the same over rows the balancing did not reject
+    # per metadata group (None = every row): metaclip matches per entry over the rows that were matched,
+    # and over the rows the balancing did not reject
+    entry_counts: dict = field(default_factory=dict)
+    entry_realized: dict = field(default_factory=dict)
     rows: int = 0
 
 
@@ -103,11 +105,11 @@ class ManifestScanner:
     batch_rows = 65536  # rows read at a time: memory stays bounded whatever the file size
 
     def __init__(self, per_grid: int, dup_groups: int, dup_members: int, seed: int,
-                 histograms: dict[str, np.ndarray], entries: bool):
+                 histograms: dict[str, np.ndarray], entry_groups: list):
         self.per_grid, self.max_groups, self.max_members = per_grid, dup_groups, dup_members
         self.rng = np.random.default_rng(seed)
         self.seed = seed
-        self.entries = entries
+        self.entry_groups = entry_groups
         self.result = ScanResult(histograms={c: Histogram(c, e) for c, e in histograms.items()})
         self._keys: dict[tuple[str, str], list[float]] = {}
         self._group_hash: dict[str, int] = {}
@@ -117,8 +119,8 @@ class ManifestScanner:
             pf = pq.ParquetFile(path)
             names = pf.schema_arrow.names
             wanted = [c for c in (*ROW_FIELDS, *self.result.histograms) if c in names]
-            if self.entries and "metaclip_entries" in names:
-                wanted.append("metaclip_entries")
+            if self.entry_groups and "metaclip_entries" in names:
+                wanted += [c for c in ("metaclip_entries", "metaclip_group") if c in names]
             for batch in pf.iter_batches(batch_size=self.batch_rows, columns=wanted):
                 self._batch(pa.Table.from_batches([batch]), stem, stem in sample_stems)
         return self.result
@@ -189,16 +191,20 @@ class ManifestScanner:
                 groups[s]["members"].append(row)
 
     def _entries(self, t: pa.Table) -> None:
-        col = t["metaclip_entries"]
         reason = t[REJECT_REASON] if REJECT_REASON in t.column_names else pa.nulls(t.num_rows, pa.string())
-        balanced_out = pc.fill_null(pc.starts_with(reason, "metaclip:"), False)
-        for name, mask in (("entry_counts", None), ("entry_realized", pc.invert(balanced_out))):
-            values = pc.list_flatten(col if mask is None else col.filter(mask)).to_numpy(zero_copy_only=False)
-            counts = np.bincount(values.astype(np.int64), minlength=0) if len(values) else np.zeros(0, np.int64)
-            have = getattr(self.result, name)
-            have = np.zeros(0, np.int64) if have is None else have
-            size = max(len(have), len(counts))
-            setattr(self.result, name, np.pad(have, (0, size - len(have))) + np.pad(counts, (0, size - len(counts))))
+        kept = pc.invert(pc.fill_null(pc.starts_with(reason, "metaclip:"), False))
+        for group in self.entry_groups:
+            in_group = None  # without a group column every row belongs to the one group
+            if group is not None and "metaclip_group" in t.column_names:
+                in_group = pc.fill_null(pc.equal(t["metaclip_group"], group), False)
+            for store, mask in ((self.result.entry_counts, in_group),
+                                (self.result.entry_realized, kept if in_group is None else pc.and_(kept, in_group))):
+                col = t["metaclip_entries"] if mask is None else t["metaclip_entries"].filter(mask)
+                values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+                counts = np.bincount(values) if len(values) else np.zeros(0, np.int64)
+                have = store.get(group, np.zeros(0, np.int64))
+                size = max(len(have), len(counts))
+                store[group] = np.pad(have, (0, size - len(have))) + np.pad(counts, (0, size - len(counts)))
 
 
 def _rows(t: pa.Table, idx: np.ndarray, stem: str) -> list[dict]:

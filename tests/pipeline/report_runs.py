@@ -104,4 +104,8 @@ def _write(out: pathlib.Path, shards, rows, stats, threshold, counts) -> None:
     (out / "pipeline.json").write_text(json.dumps({"config": {"stages": stages}, "runner": "local"}))
     os.makedirs(out / "artifacts", exist_ok=True)
     (out / "artifacts" / "clip.json").write_text(json.dumps({"threshold": threshold, "keep_top": 0.7}))
-    (out / "artifacts" / "metaclip.json").write_text(json.dumps({"t": METACLIP_T, "counts": counts.tolist()}))
+    nz = np.flatnonzero(counts)  # the metaclip stage's artifact: sparse counts per metadata group
+    (out / "artifacts" / "metaclip.json").write_text(json.dumps({
+        "stage": "metaclip", "t": float(METACLIP_T), "thresholds": {"all": float(METACLIP_T)},
+        "groups": {"all": {"n_entries": N_ENTRIES, "t": float(METACLIP_T), "entry_ids": nz.tolist(),
+                           "counts": counts[nz].tolist()}}}))

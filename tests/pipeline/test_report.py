@@ -19,7 +19,7 @@ import pytest
 from pipeline import cli
 from pipeline.errors import WinnowError
 from pipeline.report import write_report
-from pipeline.report_artifacts import metaclip_counts
+from pipeline.report_artifacts import metaclip_curves
 from pipeline.report_scan import KEPT_KEY, ManifestScanner, column_ranges, histogram_edges
 from tests.pipeline import report_runs
 from tests.pipeline.chromium_cdp import Browser, find_chromium, problems
@@ -43,7 +43,7 @@ PAGE_FACTS = """(() => {
       synthetic: q('figure', g).map(f => (f.querySelector('.synthetic') || {}).textContent || null)})),
     strips: q('.strip').map(s => ({survivor: s.dataset.survivor, n: Number(s.dataset.duplicates),
       uids: q('figure', s).map(f => f.dataset.uid)})),
-    balance: (document.getElementById('balance-summary') || {}).textContent || null,
+    balance: q('.balance').map(b => [b.dataset.group, b.querySelector('.balance-summary').textContent]),
   };
 })()"""
 
@@ -140,9 +140,11 @@ def test_full_pipeline_sections_in_chromium(full, browser, tmp_path):
 
     counts, t = info["counts"], report_runs.METACLIP_T
     assert any(c["chart"] == "metaclip" and c["marks"] >= 2 for c in facts["charts"])
-    assert f"{int((counts > 0).sum()):,} entries matched" in facts["balance"]
-    assert f"{int((counts > t).sum()):,} head entries flattened to t" in facts["balance"]
-    assert f"expected matches after balancing {int(np.minimum(counts, t).sum()):,}" in facts["balance"]
+    [(group, balance)] = facts["balance"]
+    assert group == "all" and "counts from artifacts/metaclip.json" in balance
+    assert f"{int((counts > 0).sum()):,} entries matched" in balance
+    assert f"{int((counts >= t).sum()):,} head entries flattened to t" in balance
+    assert f"expected matches after balancing {int(np.minimum(counts, t).sum()):,}" in balance
 
     rows = {r["uid"]: r for r in info["rows"]}
     dup_sizes = {}
@@ -180,13 +182,13 @@ def test_streamed_histograms_and_samples_match_a_full_read(full):
         pytest.approx(np.nanmin(scores)), pytest.approx(np.nanmax(scores)))
     edges = histogram_edges(float(np.nanmin(scores)), float(np.nanmax(scores)), [info["threshold"]], bins=17)
     scanner = ManifestScanner(per_grid=3, dup_groups=4, dup_members=2, seed=5, histograms={"clip_score": edges},
-                              entries=True)
+                              entry_groups=[None])
     scanner.batch_rows = 23  # many batches per file: accumulation across batches and files
     result = scanner.scan(files, {files[1][0], files[3][0]})
     kept = table["reject_stage"].is_null().to_numpy(zero_copy_only=False)
     np.testing.assert_array_equal(result.histograms["clip_score"].kept, np.histogram(scores[ok & kept], edges)[0])
     np.testing.assert_array_equal(result.histograms["clip_score"].rejected, np.histogram(scores[ok & ~kept], edges)[0])
-    np.testing.assert_array_equal(result.entry_counts[: len(info["counts"])], info["counts"])
+    np.testing.assert_array_equal(result.entry_counts[None][: len(info["counts"])], info["counts"])
 
     sampled = pq.read_table(files[1][1]).to_pylist() + pq.read_table(files[3][1]).to_pylist()
     keys = {(r["reject_stage"] or "", r["reject_reason"] or "kept") for r in sampled}
@@ -197,35 +199,47 @@ def test_streamed_histograms_and_samples_match_a_full_read(full):
         assert {r["uid"] for r in rows} <= pool
     assert len(result.dup_groups) == 4
     assert all(len(g["members"]) == min(2, g["n"]) for g in result.dup_groups.values())
-    again = ManifestScanner(3, 4, 2, 5, {"clip_score": edges}, True)
+    again = ManifestScanner(3, 4, 2, 5, {"clip_score": edges}, [None])
     again.batch_rows = 23
     same = again.scan(files, {files[1][0], files[3][0]})
     assert {k: [r["uid"] for r in v] for k, v in same.samples.items()} == {
         k: [r["uid"] for r in v] for k, v in result.samples.items()}
 
 
-def test_metaclip_counts_from_json_parquet_or_manifest(full, tmp_path):
+def test_metaclip_counts_from_artifact_sidecar_or_manifest(full, tmp_path):
     run, info = full
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     pipeline = json.loads((copy / "pipeline.json").read_text())
-    counts, t, source = metaclip_counts(str(copy), pipeline)
-    assert source == "artifacts/metaclip.json" and t == report_runs.METACLIP_T
-    np.testing.assert_array_equal(counts, info["counts"])
+    [curve] = metaclip_curves(str(copy), pipeline)
+    assert (curve["group"], curve["t"], curve["source"]) == ("all", report_runs.METACLIP_T, "artifacts/metaclip.json")
+    np.testing.assert_array_equal(curve["counts"], info["counts"])
 
-    (copy / "artifacts" / "metaclip.json").write_text(json.dumps({"t": 4}))
+    # Per-language groups (MetaCLIP 2): each its own entry space and t, the most matched first.
+    art = json.loads((copy / "artifacts" / "metaclip.json").read_text())
+    art["groups"]["de"] = {"n_entries": 5, "t": 2.0, "entry_ids": [1, 4], "counts": [3, 1]}
+    art["thresholds"]["de"] = 2.0
+    (copy / "artifacts" / "metaclip.json").write_text(json.dumps(art))
+    curves = metaclip_curves(str(copy), pipeline)
+    assert [(c["group"], c["t"]) for c in curves] == [("all", report_runs.METACLIP_T), ("de", 2.0)]
+    np.testing.assert_array_equal(curves[1]["counts"], [0, 3, 0, 0, 1])
+
+    # The stage's sidecar: every entry with its count, rows in any order.
+    (copy / "artifacts" / "metaclip.json").write_text(json.dumps({"t": 4.0, "thresholds": {"all": 4.0}}))
     order = np.random.default_rng(1).permutation(len(info["counts"]))
-    pq.write_table(pa.table({"entry_id": pa.array(order, pa.int32()), "count": pa.array(info["counts"][order])}),
-                   copy / "artifacts" / "metaclip.counts.parquet")
-    counts, t, source = metaclip_counts(str(copy), pipeline)
-    assert source.endswith("metaclip.counts.parquet") and t == 4
-    np.testing.assert_array_equal(counts, info["counts"])
+    pq.write_table(pa.table({"group": ["all"] * len(order), "entry_id": pa.array(order, pa.int32()),
+                             "count": pa.array(info["counts"][order])}), copy / "artifacts" / "metaclip.entries.parquet")
+    [curve] = metaclip_curves(str(copy), pipeline)
+    assert (curve["group"], curve["t"], curve["source"]) == ("all", 4.0, "artifacts/metaclip.entries.parquet")
+    np.testing.assert_array_equal(curve["counts"], info["counts"])
 
-    for name in ("metaclip.json", "metaclip.counts.parquet"):
+    for name in ("metaclip.json", "metaclip.entries.parquet"):
         os.remove(copy / "artifacts" / name)
+    assert metaclip_curves(str(copy), pipeline) == []
     html = (pathlib.Path(write_report(str(copy)))).read_text()
     assert "counts from manifest column metaclip_entries" in html
     assert f"{int((info['counts'] > 0).sum()):,} entries matched" in html
+    assert f"t = {report_runs.METACLIP_T}: " in html  # from the stage's configured t
 
 
 def test_sections_appear_only_with_their_data(basic, tmp_path, capsys):
