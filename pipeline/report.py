@@ -57,11 +57,9 @@ def write_report(run_dir: str, output: str | None = None, *, per_grid: int = 12,
     curves = arts.metaclip_curves(run_dir, pipeline)[:MAX_CURVES]
     has_entries = bool(schema and "metaclip_entries" in schema.names)
     stems = [s for s, _ in files]
-    picked = {stems[int(i)] for i in np.unique(np.linspace(0, len(stems) - 1, min(sample_shards, len(stems))).round())} \
-        if stems else set()
-    entry_groups = [c["group"] for c in curves] or ([None] if has_entries else [])
-    scan = ManifestScanner(per_grid, dup_groups, dup_members, seed, edges,
-                           entry_groups if has_entries else []).scan(files, picked)
+    picked = _spread(stems, sample_shards)
+    entry_groups = ([c["group"] for c in curves] or [None]) if has_entries else []
+    scan = ManifestScanner(per_grid, dup_groups, dup_members, seed, edges, entry_groups).scan(files, picked)
     scan.samples[KEPT_KEY] = scan.samples.get(KEPT_KEY, [])
     _attach_images(run_dir, scan, thumb_px)
 
@@ -99,11 +97,22 @@ def _manifest_files(run_dir: str) -> list[tuple[str, str]]:
     return [(n.removeprefix("part-").removesuffix(".parquet"), os.path.join(folder, n)) for n in names]
 
 
+def _spread(stems: list[str], k: int) -> set[str]:
+    """Up to ``k`` shards evenly spread over the run (first and last included): samples see all of it."""
+    if not stems:
+        return set()
+    return {stems[int(i)] for i in np.unique(np.linspace(0, len(stems) - 1, min(k, len(stems))).round())}
+
+
 def _schema(files: list[tuple[str, str]]) -> pa.Schema | None:
     """The manifest's columns over all files; where files disagree on a type, the first file's wins."""
     fields: dict[str, pa.Field] = {}
     for _, path in files:
-        for f in pq.read_schema(path):
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise WinnowError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        for f in schema:
             fields.setdefault(f.name, f)
     return pa.schema(list(fields.values())) if files else None
 

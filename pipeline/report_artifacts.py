@@ -57,10 +57,17 @@ def stage_specs(pipeline: dict | None) -> list[dict]:
     return [s for s in stages if isinstance(s, dict)]
 
 
-def artifact(run_dir: str, instance: str) -> dict | None:
+# Threshold artifacts are a few numbers; a bigger JSON (e.g. semdedup's base64 centroids) is not read for them.
+THRESHOLD_ARTIFACT_MAX_BYTES = 1 << 20
+
+
+def artifact(run_dir: str, instance: str, max_bytes: int | None = None) -> dict | None:
+    path = os.path.join(run_dir, "artifacts", f"{instance}.json")
     try:
-        return load_json(os.path.join(run_dir, "artifacts", f"{instance}.json"), required=False)
-    except WinnowError:
+        if max_bytes is not None and os.path.getsize(path) > max_bytes:
+            return None
+        return load_json(path, required=False)
+    except (OSError, WinnowError):
         return None
 
 
@@ -79,7 +86,7 @@ def thresholds(run_dir: str, pipeline: dict | None, columns: list[str]) -> dict[
 
     for spec in stage_specs(pipeline):
         inst = spec.get("name") or spec.get("stage") or ""
-        art = artifact(run_dir, inst) or {}
+        art = artifact(run_dir, inst, THRESHOLD_ARTIFACT_MAX_BYTES) or {}
         named = art.get("column") or art.get("score_column")
         cols = [named] if named in out else [c for c in columns if _related(inst, c)]
         for key, value in art.items():

@@ -259,6 +259,10 @@ def test_sections_appear_only_with_their_data(basic, tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("winnow: error: run directory") and "stats.json: not found" in err[1]
+    (bare / "manifest").mkdir()
+    (bare / "manifest" / "part-00000.parquet").write_bytes(b"not parquet")
+    with pytest.raises(WinnowError, match=r"part-00000.parquet: not a readable Parquet file"):
+        write_report(str(bare))
     with pytest.raises(WinnowError, match="missing key 'stages'"):
         (bare / "stats.json").write_text(json.dumps({"rows_in": 1, "rows_kept": 1}))
         write_report(str(bare))
