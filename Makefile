@@ -19,6 +19,7 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 setup: $(BIN)/.installed
 
 test: setup
+	sh tests/pipeline/install_chromium.sh  # headless Chromium for the report tests (Debian package)
 	$(BIN)/python -m pytest -q tests
 
 demo: setup

@@ -102,11 +102,13 @@ def _summary(stats: dict, out: str) -> None:
 
 
 def _maybe_report(out: str) -> None:
+    """The run's outputs are complete before this; a report problem is a warning, not a failed run."""
+    from pipeline.report import write_report
+
     try:
-        from pipeline.report import write_report
-    except ImportError:
-        return
-    print(f"report: {write_report(out)}")
+        print(f"report: {write_report(out)}")
+    except Exception as exc:  # noqa: BLE001 - the report must never turn a finished run into a failure
+        print(f"winnow: warning: report not written ({exc}); retry with `winnow report {out}`", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
