@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import WinnowError
-from stages.base import MapStage, Param, Resources, set_column
+from stages.base import MapStage, Param, Resources, add_null_columns, set_column
 from stages.download_safety import NetworkPolicy, classify, scheme_refusal
 
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")
@@ -110,35 +110,31 @@ class Download(MapStage):
     def process_batch(self, table: pa.Table) -> pa.Table:
         urls = table["url"].to_pylist()
         n = len(urls)
-        out = {name: [None] * n for name in OUTPUT_COLUMNS}
         reasons = [scheme_refusal(u) for u in urls]
         todo = [i for i in range(n) if reasons[i] is None]
+        parts: list[tuple[list[int], pa.Table]] = []  # (batch positions, their OUTPUT_COLUMNS rows)
         if self._previous is not None and todo:
-            found = self._previous.lookup(table["uid"].take(pa.array(todo, pa.int64())).to_pylist())
             uids = table["uid"].to_pylist()
-            for i in [i for i in todo if uids[i] in found]:
-                for name, value in found[uids[i]].items():
-                    out[name][i] = value
-            todo = [i for i in todo if uids[i] not in found]
-        results = self._download([(i, urls[i].strip()) for i in todo]) if todo else {}
-        for i in todo:
-            rec = results.get(i)
-            if rec is None:
-                reasons[i] = "no_result"
-                continue
-            reasons[i] = classify(rec["status"], rec["error_message"])
-            if reasons[i] is None:
-                out["image"][i] = rec["jpg"]
-                for name in ("width", "height", "original_width", "original_height", "sha256"):
-                    out[name][i] = rec[name]
-            else:
-                out["download_error"][i] = (rec["error_message"] or rec["status"] or "")[:500]
-        for name, typ in OUTPUT_COLUMNS.items():
-            table = set_column(table, name, pa.array(out[name], typ))
-        return self.reject(table, reasons)
+            found = self._previous.lookup([uids[i] for i in todo])
+            where = {u: k for k, u in enumerate(found["uid"].to_pylist())}
+            reused = [i for i in todo if uids[i] in where]
+            parts.append((reused, found.take(pa.array([where[uids[i]] for i in reused], pa.int64()))))
+            todo = [i for i in todo if uids[i] not in where]
+        if todo:
+            results = self._download([(i, urls[i].strip()) for i in todo])
+            pos = {r: k for k, r in enumerate(results["row_id"].to_pylist())}
+            statuses, errors = results["status"].to_pylist(), results["error_message"].to_pylist()
+            for i in todo:
+                reasons[i] = classify(statuses[pos[i]], errors[pos[i]]) if i in pos else "no_result"
+            got = [i for i in todo if i in pos]
+            rows = results.take(pa.array([pos[i] for i in got], pa.int64()))
+            failed = [(errors[pos[i]] or statuses[pos[i]] or "")[:500] if reasons[i] else None for i in got]
+            rows = rows.rename_columns(["image" if c == "jpg" else c for c in rows.column_names])
+            parts.append((got, set_column(rows, "download_error", pa.array(failed, pa.string()))))
+        return self.reject(_place(table, parts), reasons)
 
-    def _download(self, rows: list[tuple[int, str]]) -> dict[int, dict]:
-        """Run img2dataset over (row_id, url) rows; returns row_id -> its output record."""
+    def _download(self, rows: list[tuple[int, str]]) -> pa.Table:
+        """Run img2dataset over (row_id, url) rows; returns its output rows (row_id, status, ...)."""
         from concurrent.futures.process import BrokenProcessPool
 
         from stages._download_worker import make_downloader
@@ -226,14 +222,33 @@ def _write_shard(tmp: str, k: int, rows: list[tuple[int, str]]) -> tuple[int, st
     return k, path
 
 
-def _read_results(out_dir: str) -> dict[int, dict]:
+def _read_results(out_dir: str) -> pa.Table:
+    """img2dataset's Parquet output, one row per URL it finished (failures included)."""
     wanted = ["row_id", "status", "error_message", "width", "height", "original_width", "original_height",
               "sha256", "jpg"]
-    results: dict[int, dict] = {}
-    for path in sorted(glob.glob(os.path.join(out_dir, "*.parquet"))):
-        for rec in pq.read_table(path, columns=wanted).to_pylist():
-            results[rec["row_id"]] = rec
-    return results
+    tables = [pq.read_table(p, columns=wanted) for p in sorted(glob.glob(os.path.join(out_dir, "*.parquet")))]
+    schema = pa.schema([("row_id", pa.int64()), ("status", pa.string()), ("error_message", pa.string())]
+                       + [(c, OUTPUT_COLUMNS[c]) for c in wanted[3:-1]] + [("jpg", pa.binary())])
+    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+
+
+def _place(table: pa.Table, parts: list[tuple[list[int], pa.Table]]) -> pa.Table:
+    """Set OUTPUT_COLUMNS on ``table`` from row sets given by batch position (Arrow take, no copies
+    through Python); positions in no part get nulls."""
+    import numpy as np
+
+    schema = pa.schema(list(OUTPUT_COLUMNS.items()))
+    index = np.full(table.num_rows, -1, np.int64)
+    offset = 0
+    for positions, rows in parts:
+        index[positions] = np.arange(offset, offset + len(positions))
+        offset += len(positions)
+    source = pa.concat_tables([add_null_columns(rows, OUTPUT_COLUMNS).select(schema.names).cast(schema)
+                               for _, rows in parts] or [schema.empty_table()])
+    take = pa.array(index, mask=index < 0)
+    for name in schema.names:
+        table = set_column(table, name, source[name].take(take))
+    return table
 
 
 class PreviousDownloads:
@@ -254,18 +269,17 @@ class PreviousDownloads:
             for uid in t.filter(pc.is_valid(t["sha256"]))["uid"].to_pylist():
                 self.where[uid] = k
 
-    def lookup(self, uids: list[str]) -> dict[str, dict]:
+    def lookup(self, uids: list[str]) -> pa.Table:
+        """The previous rows (uid + outcome columns) of those uids that were downloaded."""
         by_file: dict[int, set] = {}
         for uid in uids:
             if uid in self.where:
                 by_file.setdefault(self.where[uid], set()).add(uid)
-        found = {}
-        for k, wanted in by_file.items():
-            t = pq.read_table(self.files[k], columns=self.COLUMNS, filters=pc.field("uid").isin(list(wanted)))
-            for rec in t.to_pylist():
-                if rec["image"] is not None:
-                    found[rec.pop("uid")] = rec
-        return found
+        schema = pa.schema([("uid", pa.string())] + [(c, OUTPUT_COLUMNS[c]) for c in self.COLUMNS[1:]])
+        tables = [pq.read_table(self.files[k], columns=self.COLUMNS, filters=pc.field("uid").isin(list(wanted)))
+                  for k, wanted in sorted(by_file.items())]
+        found = pa.concat_tables([t.cast(schema) for t in tables] or [schema.empty_table()])
+        return found.filter(pc.is_valid(found["image"]))
 
 
 def _previous_files(spec: str) -> list[str]:

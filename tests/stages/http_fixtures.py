@@ -53,6 +53,7 @@ class FixtureServer:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "FixtureServer":
+        bomb_png()  # built before serving: building it on the first request would look like a slow server
         server = self
 
         class Handler(_Handler):

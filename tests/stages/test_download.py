@@ -24,12 +24,13 @@ from stages.download import Download, _previous_files
 from stages.download_safety import address_refusal, classify, scheme_refusal
 from tests.stages.http_fixtures import FixtureServer
 
-FAST = {"timeout": 1.0, "deadline": 3.0, "max_bytes": 5_000_000, "processes": 1, "threads": 16}
+# Generous enough for a loaded 2-core CI box; /slow and /endless outlast them by far.
+FAST = {"timeout": 2.0, "deadline": 4.0, "max_bytes": 5_000_000, "processes": 1, "threads": 16}
 
 
 @pytest.fixture(scope="module")
 def server(coco_dir):
-    srv = FixtureServer(coco_dir, slow_s=3.0, endless_s=15.0).start()
+    srv = FixtureServer(coco_dir, slow_s=6.0, endless_s=20.0).start()
     yield srv
     srv.stop()
 
