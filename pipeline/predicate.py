@@ -62,8 +62,6 @@ class Predicate:
             out = pa.array([out.as_py()] * table.num_rows, pa.bool_())
         if isinstance(out, pa.ChunkedArray):
             out = out.combine_chunks()
-        if out.type != pa.bool_():
-            raise WinnowError(f"where: predicate {self.text!r} is not a true/false condition")
         return pc.fill_null(out, False)
 
 
