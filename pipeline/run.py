@@ -20,6 +20,8 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     outputs.ensure_writable_dir(out)
     shards = list_shards(cfg.input)
     stages = cfg.build_stages()
+    for stage in stages:  # stages with side outputs (e.g. clip_score embeddings) resolve relative paths here
+        stage.run_dir = os.path.abspath(out)
     prog = Progress(progress)
     t0 = time.perf_counter()
     if runner == "local":
