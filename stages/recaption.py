@@ -57,6 +57,7 @@ class Recaption(MapStage):
         Param("cpus", float, 1.0, "CPUs per worker"),
     )
     requires = ("uid", "image")
+    resources = Resources(cpus=1, gpus=1)  # per instance: the cpus / gpus parameters
     batch_size = 512
     stateful = True
 
@@ -101,18 +102,25 @@ class Recaption(MapStage):
         self.engine.load()
         self.settings = GenSettings(self.max_new_tokens, self.do_sample, self.temperature, self.top_k, self.top_p,
                                     self.repetition_penalty)
-        self.gen_params = json.dumps({"backend": self.backend, "max_new_tokens": self.max_new_tokens,
-                                      "do_sample": self.do_sample, "temperature": self.temperature,
-                                      "top_k": self.top_k, "top_p": self.top_p,
-                                      "repetition_penalty": self.repetition_penalty,
-                                      "num_captions": self.num_captions, "dtype": self.engine.provenance()["dtype"],
-                                      "padding": self.engine.provenance()["padding"]}, sort_keys=True)
+        info = self.engine.provenance()
+        self.gen_params = json.dumps(self._gen_params(info["dtype"], info["padding"]), sort_keys=True)
+
+    def _gen_params(self, dtype: str, padding: str) -> dict:
+        keys = ("backend", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                "num_captions")
+        return {**{k: self.config[k] for k in keys}, "dtype": dtype, "padding": padding}
 
     def provenance(self):
-        info = {"prompt_template": self.prompt, "where": self.where, "seed": self.gen_seed,
-                "gen_params": json.loads(getattr(self, "gen_params", "{}"))}
         engine = getattr(self, "engine", None)
-        return {**(engine.provenance() if engine else {"model": self.model}), **info}
+        if engine is not None:
+            info, params = engine.provenance(), json.loads(self.gen_params)
+        else:  # not set up in this process (e.g. a resumed run with nothing left to do): no model load needed
+            from stages.recaption_hf import resolve_revision
+
+            info = {"model": self.model, "revision": resolve_revision(self.model, self.revision or None)}
+            params = self._gen_params(self.dtype, self.padding)
+        return {**info, "prompt_template": self.prompt, "where": self.where, "seed": self.gen_seed,
+                "gen_params": params}
 
     def process_batch(self, table: pa.Table) -> pa.Table:
         n = table.num_rows

@@ -189,3 +189,39 @@ def test_tiny_models_load_from_local_dirs_only(models):
         assert not [f for f in os.listdir(path) if f.endswith(".py")]  # no remote code: the auto classes load it
         with open(os.path.join(path, "TINY_RANDOM_MODEL.txt"), encoding="utf-8") as f:
             assert "NOT a real captioner" in f.read()
+
+
+def test_pipeline_run_end_to_end_with_resume(models, tmp_path):
+    """recaption + caption_mix through the local runner: manifest, kept shards and pipeline.json provenance."""
+    import pyarrow.parquet as pq
+
+    from pipeline.config import parse_pipeline
+    from pipeline.run import execute
+    from pipeline.sample import write_sample
+
+    write_sample(str(tmp_path / "in"), rows=30, shards=2, seed=5)  # includes corrupt / zero-byte images
+    cfg = parse_pipeline({"input": str(tmp_path / "in" / "shard-*.parquet"), "seed": 1, "stages": [
+        {"stage": "recaption", "model": models["blip"], "prompt": "a photo of", "max_new_tokens": TOKENS,
+         "where": "caption is not null", "gpus": 0},
+        {"stage": "caption_mix", "synthetic_ratio": 0.5}]})
+    out = tmp_path / "run"
+    stats = execute(cfg, str(out), progress=False)
+    manifest = pq.read_table(out / "manifest").sort_by("uid")
+    assert manifest.num_rows == 30 and stats["rows_kept"] == 30  # recaption rejects nobody
+    errors = manifest["caption_error"].to_pylist()
+    synthetic = manifest["caption_synthetic"].to_pylist()
+    assert all((s is None) == (e is not None or c is None)
+               for s, e, c in zip(synthetic, errors, manifest["caption"].to_pylist()))
+    assert {e for e in errors if e} <= {"image_undecodable", "image_empty"} and any(errors)
+    sources = manifest["caption_source"].to_pylist()
+    assert "synthetic" in sources and "alt_text" in sources
+    kept = pq.read_table(out / "kept")
+    assert {"image", "caption_train", "caption_source", "caption_model_revision"} <= set(kept.column_names)
+    with open(out / "pipeline.json", encoding="utf-8") as f:
+        models_info = json.load(f)["models"]
+    assert models_info["recaption"]["revision"].startswith("sha256:")
+    assert models_info["recaption"]["gen_params"]["max_new_tokens"] == TOKENS
+    execute(cfg, str(out), progress=False)  # resume: nothing to redo, same result
+    assert pq.read_table(out / "manifest").sort_by("uid").equals(manifest)
+    with open(out / "pipeline.json", encoding="utf-8") as f:  # provenance survives a run that loaded no model
+        assert json.load(f)["models"]["recaption"]["revision"] == models_info["recaption"]["revision"]
