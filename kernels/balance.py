@@ -34,7 +34,7 @@ def keep_probabilities(offsets: np.ndarray, ids: np.ndarray, probs: np.ndarray) 
     out = np.zeros(n, np.float64)
     if len(ids) == 0:
         return out
-    miss = 1.0 - probs[ids]
+    miss = (1.0 - probs)[ids]  # one gather from the small per-entry array
     starts = np.asarray(offsets[:-1])
     nonempty = np.flatnonzero(np.diff(offsets) > 0)
     # reduceat over the starts of non-empty rows: each segment runs to the next non-empty start, and the
@@ -146,6 +146,14 @@ def bisect_increasing(f: Callable[[float], float], target: float, lo: float, hi:
     return hi
 
 
+def smallest_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k smallest values in ascending order (stable for ties), without a full sort."""
+    if len(values) > k:
+        part = np.argpartition(values, k - 1)[:k]
+        return part[np.lexsort((part, values[part]))]
+    return np.argsort(values, kind="stable")
+
+
 def csr_take(offsets: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The CSR rows ``rows`` (in that order) as a new CSR."""
     rows = np.asarray(rows, np.int64)
@@ -168,4 +176,4 @@ def sorted_curve(counts: np.ndarray, t: float, points: int = 256) -> dict:
     ranks = np.unique(np.geomspace(1, len(before), num=min(points, len(before))).round().astype(np.int64))
     picked = before[ranks - 1]
     return {"rank": ranks.tolist(), "before": picked.tolist(),
-            "after": np.minimum(picked.astype(np.float64), t).round(3).tolist()}
+            "after": np.minimum(picked.astype(np.float64), t).tolist()}

@@ -16,7 +16,8 @@ TOP_ENTRIES = 20
 
 
 def build_artifact(stage, combined: dict) -> dict:
-    from stages.metaclip import DEFAULT_T, SINGLE, load_metadata
+    from stages._metaclip_support import load_metadata
+    from stages.metaclip import DEFAULT_T, SINGLE
 
     dense = {g: _dense_counts(g, p, combined, load_metadata(p)) for g, p in stage.groups.items()}
     solver = _Thresholds(stage, dense)
@@ -136,7 +137,7 @@ def _summary(counts: np.ndarray, t: float, entries: list) -> dict:
 def write_entry_table(stage, artifact: dict, path: str) -> None:
     """Every entry of every group: id, text, count, probability, expected matches after balancing."""
     from pipeline.outputs import write_parquet_atomic
-    from stages.metaclip import load_metadata
+    from stages._metaclip_support import load_metadata
 
     tables = []
     for g, info in artifact["groups"].items():

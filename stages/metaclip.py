@@ -8,8 +8,6 @@ rejections ``metaclip:no_match`` and ``metaclip:balanced_out``.
 """
 from __future__ import annotations
 
-import functools
-import json
 import os
 
 import numpy as np
@@ -18,6 +16,8 @@ import pyarrow.compute as pc
 
 from kernels import balance as bal
 from pipeline.errors import WinnowError
+from stages._metaclip_support import (as_strings, bottom_k, cached_matcher, concat_csr, entries_csr,
+                                      load_metadata, utf8_buffers)
 from stages.base import GlobalStage, Param, Resources, set_column
 
 ENTRIES = "metaclip_entries"
@@ -96,7 +96,7 @@ class MetaCLIPBalance(GlobalStage):
 
     def _matcher(self, group: str):
         if group not in self._matchers:  # built lazily: MetaCLIP 2 has hundreds of per-language lists
-            self._matchers[group] = _cached_matcher(self.groups[group], self.version)
+            self._matchers[group] = cached_matcher(self.groups[group], self.version)
         return self._matchers[group]
 
     def provenance(self):
@@ -104,7 +104,7 @@ class MetaCLIPBalance(GlobalStage):
 
     # -- prepare: caption -> entry ids ------------------------------------------------------------
     def prepare(self, table: pa.Table) -> pa.Table:
-        texts = _as_strings(table[self.text_column], self.text_column)
+        texts = as_strings(table[self.text_column], self.text_column)
         groups = self._row_groups(table)
         if groups is None:
             return set_column(table, ENTRIES, self._match(texts, SINGLE))
@@ -140,23 +140,24 @@ class MetaCLIPBalance(GlobalStage):
 
     # -- barrier: counts (+ a uid-hash sample when t is solved for a target) ------------------------------
     def partial(self, table: pa.Table) -> dict:
-        offsets, ids = _csr(table[ENTRIES])
+        offsets, ids = entries_csr(table[ENTRIES])
         matched = np.diff(offsets) > 0
         gidx = self._group_index(table)
+        id_group = np.repeat(gidx, np.diff(offsets)) if len(self.groups) > 1 else None
         counts = {}
         for gi, group in enumerate(self.groups):
-            rows = np.flatnonzero((gidx == gi) & matched)
-            if len(rows):
-                bc = np.bincount(bal.csr_take(offsets, ids, rows)[1])
+            mine = ids if id_group is None else ids[id_group == gi]
+            if len(mine):  # sparse (ids, counts): small partials whatever the metadata size
+                bc = np.bincount(mine)
                 nz = np.flatnonzero(bc)
                 counts[group] = (nz.astype(np.int32), bc[nz])
         part = {"rows": table.num_rows, "matched": int(matched.sum()), "counts": counts, "sample": None}
         if self.t is None and (self.target_fraction is not None or self.target_rows is not None):
             rows = np.flatnonzero(matched)
-            data, uoff = _utf8(table["uid"])
+            data, uoff = utf8_buffers(table["uid"])
             hashes = bal.hash_strings(data, uoff, self.seed, SAMPLE_SALT)[rows]
             so, si = bal.csr_take(offsets, ids, rows)
-            part["sample"] = _bottom_k({"hash": hashes, "group": gidx[rows], "offsets": so, "ids": si},
+            part["sample"] = bottom_k({"hash": hashes, "group": gidx[rows], "offsets": so, "ids": si},
                                        self.sample_rows)
         return part
 
@@ -180,8 +181,8 @@ class MetaCLIPBalance(GlobalStage):
         samples = [p["sample"] for p in parts if p.get("sample") is not None]
         if samples:
             merged = {k: np.concatenate([s[k] for s in samples]) for k in ("hash", "group")}
-            merged["offsets"], merged["ids"] = _concat_csr([(s["offsets"], s["ids"]) for s in samples])
-            out["sample"] = _bottom_k(merged, self.sample_rows)
+            merged["offsets"], merged["ids"] = concat_csr([(s["offsets"], s["ids"]) for s in samples])
+            out["sample"] = bottom_k(merged, self.sample_rows)
         return out
 
     def finalize(self, combined: dict) -> dict:
@@ -197,12 +198,14 @@ class MetaCLIPBalance(GlobalStage):
 
     # -- apply: keyed Bernoulli decision ------------------------------------------------------------------
     def apply(self, table: pa.Table, artifact: dict) -> pa.Table:
-        offsets, ids = _csr(table[ENTRIES])
+        offsets, ids = entries_csr(table[ENTRIES])
         probs, bases = self._dense_probs(artifact)
-        gidx = self._group_index(table).astype(np.int64)
-        row_base = np.where(gidx >= 0, bases[np.maximum(gidx, 0)], 0)
-        keep_prob = bal.keep_probabilities(offsets, ids + np.repeat(row_base, np.diff(offsets)), probs)
-        data, uoff = _utf8(table["uid"])
+        if self.lang_metadata:  # ids are per language: shift each row's ids to its language's block
+            gidx = self._group_index(table).astype(np.int64)
+            row_base = np.where(gidx >= 0, bases[np.maximum(gidx, 0)], 0)
+            ids = ids + np.repeat(row_base, np.diff(offsets))
+        keep_prob = bal.keep_probabilities(offsets, ids, probs)
+        data, uoff = utf8_buffers(table["uid"])
         kept = bal.keep_decisions(keep_prob, data, uoff, self.seed, DRAW_SALT)
         reasons = np.where(np.diff(offsets) == 0, "metaclip:no_match", np.where(kept, None, "metaclip:balanced_out"))
         table = set_column(table, KEEP_PROB, pa.array(keep_prob, pa.float32()))
@@ -224,69 +227,3 @@ class MetaCLIPBalance(GlobalStage):
         result = (np.concatenate(parts) if parts else np.zeros(0), np.asarray(bases, np.int64))
         self._probs_cache = (artifact, result)
         return result
-
-
-@functools.lru_cache(maxsize=64)
-def load_metadata(path: str) -> list[str]:
-    """A MetaCLIP metadata file: a JSON list of strings (entry id = position)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
-    except FileNotFoundError:
-        raise WinnowError(f"metaclip metadata {path}: not found") from None
-    except (OSError, ValueError) as exc:
-        raise WinnowError(f"metaclip metadata {path}: not a readable JSON file ({exc})") from None
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-        raise WinnowError(f"metaclip metadata {path}: must be a JSON list of strings (MetaCLIP's metadata.json)")
-    return entries
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_matcher(path: str, version: str):
-    """One automaton per (file, semantics) per process, shared by stage instances (reruns, several stages)."""
-    from kernels.substring_match import build_matcher
-
-    return build_matcher(load_metadata(path), version)
-
-
-def _as_strings(col, name: str) -> pa.Array:
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        return col
-    try:
-        return col.cast(pa.string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise WinnowError(f"metaclip: column '{name}' must be text, got {col.type}") from None
-
-
-def _csr(col) -> tuple[np.ndarray, np.ndarray]:
-    """A list<int32> column as (offsets, ids) numpy CSR; null lists are empty."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
-    return offsets, ids
-
-
-def _utf8(col) -> tuple[np.ndarray, np.ndarray]:
-    """Arrow's own UTF-8 bytes and offsets of a string column (null -> empty) for vectorised hashing."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    col = pc.fill_null(col.cast(pa.large_string()), "")
-    _, off_buf, data_buf = col.buffers()
-    offsets = np.frombuffer(off_buf, np.int64)[col.offset:col.offset + len(col) + 1]
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    return data, offsets
-
-
-def _concat_csr(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    shifts = np.cumsum([0] + [len(i) for _, i in parts[:-1]])
-    offsets = np.concatenate([[0]] + [o[1:] + s for (o, _), s in zip(parts, shifts)]).astype(np.int64)
-    return offsets, np.concatenate([i for _, i in parts])
-
-
-def _bottom_k(sample: dict, k: int) -> dict:
-    """The k rows with the smallest hashes, sorted by hash: the same set and order however rows were split."""
-    order = np.argsort(sample["hash"], kind="stable")[:k]
-    offsets, ids = bal.csr_take(sample["offsets"], sample["ids"], order)
-    return {"hash": sample["hash"][order], "group": sample["group"][order], "offsets": offsets, "ids": ids}
