@@ -1,0 +1,116 @@
+"""The only place that knows how a Stage becomes Ray Data (DESIGN.md §4).
+
+A map/prepare/apply step is one ``map_batches`` on pyarrow batches with the stage's batch size and
+``num_cpus``/``num_gpus`` from its ``Resources``: stateless CPU stages run as tasks, stages that load
+something in ``setup()`` (``stateful``) or use GPUs run in an autoscaling actor pool, so the model
+loads once per actor. A group stage is ``groupby(key).map_groups``. Stages see only their own
+columns: the runner's bookkeeping columns are taken off before and put back after every call.
+"""
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from pipeline import plan as plan_mod
+from pipeline import shard_parts
+from pipeline.plan import Step
+from stages.base import GroupStage, Stage
+
+
+class StepRunner:
+    """Runs one step on a batch; the last step of a pass also writes the pass's output (``spec``)."""
+
+    def __init__(self, step: Step, index: int, spec: shard_parts.PassSpec | None = None):
+        self.step, self.index, self.spec = step, index, spec
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        view, internal = shard_parts.split_internal(batch)
+        t0 = time.perf_counter()
+        out, _ = self.step.run(view)  # counts are derived from the rows at the end of the pass
+        out = shard_parts.add_seconds(shard_parts.join_internal(out, internal), self.index,
+                                      time.perf_counter() - t0)
+        if self.spec is None:
+            return out
+        return shard_parts.write_block(out, self.spec, self.step.stage if self.spec.partials else None)
+
+
+class GroupRunner:
+    """Decides one key group (all its live rows, across shards) with the local runner's logic."""
+
+    def __init__(self, stage: GroupStage):
+        self.stage = stage
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        view, internal = shard_parts.split_internal(group)
+        t0 = time.perf_counter()
+        out = plan_mod.group_live_rows(self.stage, view)
+        return shard_parts.add_seconds(shard_parts.join_internal(out, internal), 0, time.perf_counter() - t0)
+
+
+class _ActorCall:
+    """Actor-pool worker: sets the stage up once, then serves batches."""
+
+    def __init__(self, runner):
+        stage = runner.step.stage if isinstance(runner, StepRunner) else runner.stage
+        stage.ensure_setup()
+        self.runner = runner
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.runner(batch)
+
+
+def uses_actors(stage: Stage) -> bool:
+    return bool(stage.stateful or stage.resources.gpus > 0)
+
+
+def pool_size(stage: Stage, cluster: dict) -> int:
+    """Most actors the cluster can hold for this stage (its GPUs or its CPUs bound it)."""
+    res = stage.resources
+    if res.gpus > 0:
+        return max(1, int(cluster.get("GPU", 0) // res.gpus))
+    return max(1, int(cluster.get("CPU", 1) // max(res.cpus, 0.01)))
+
+
+def _ray_args(stage: Stage, cluster: dict, runner) -> dict:
+    from ray.data import ActorPoolStrategy
+
+    res = stage.resources
+    args = {"batch_format": "pyarrow", "num_cpus": res.cpus, "zero_copy_batch": True}
+    if res.gpus > 0:
+        args["num_gpus"] = res.gpus
+    if uses_actors(stage):
+        # a class per stage instance, so Ray's logs and stats name the stage
+        cls = type(f"Stage_{stage.instance_name}", (_ActorCall,), {})
+        args.update(fn=cls, fn_constructor_args=(runner,),
+                    compute=ActorPoolStrategy(min_size=1, max_size=pool_size(stage, cluster)))
+    else:
+        def run_task(batch, runner):
+            return runner(batch)
+
+        run_task.__name__ = run_task.__qualname__ = f"stage_{stage.instance_name}"
+        args.update(fn=run_task, fn_args=(runner,))
+    return args
+
+
+def map_step(ds, step: Step, index: int, cluster: dict, spec: shard_parts.PassSpec | None = None):
+    """``ds`` with ``step`` applied (and the pass written, when ``spec`` is given)."""
+    args = _ray_args(step.stage, cluster, StepRunner(step, index, spec))
+    fn = args.pop("fn")
+    return ds.map_batches(fn, batch_size=step.stage.batch_size, **args)
+
+
+def group_step(ds, stage: GroupStage, cluster: dict, num_partitions: int):
+    """Rows sharing ``stage.key_column`` meet in one call (Ray Data hash shuffle), wherever they came from."""
+    args = _ray_args(stage, cluster, GroupRunner(stage))
+    fn = args.pop("fn")
+    return ds.groupby(stage.key_column, num_partitions=num_partitions).map_groups(fn, **args)
+
+
+def write_pass(ds, spec: shard_parts.PassSpec):
+    """A standalone writer (a group pass has no step of its own to carry it): I/O only, no CPU reserved."""
+
+    def write_pass_output(batch, spec):
+        return shard_parts.write_block(batch, spec)
+
+    return ds.map_batches(write_pass_output, fn_args=(spec,), batch_size=None, batch_format="pyarrow", num_cpus=0)

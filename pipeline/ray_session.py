@@ -1,0 +1,103 @@
+"""Connecting to Ray and speaking to the user about it: embedded local Ray or a cluster, quiet logs,
+user errors raised inside workers turned back into one-line WinnowErrors."""
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.errors import WinnowError
+
+_MERGE = None
+
+
+def connect(address: str | None) -> bool:
+    """Reuse an initialised Ray; else connect to ``address`` or start an embedded local one.
+
+    Returns True when this call started or joined Ray (and so should shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        _quiet_data()
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from an embedded cluster
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            # "local" always starts a fresh embedded instance, even when another one runs on this host.
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = address or "an embedded local Ray"
+        raise WinnowError(f"cannot start or reach Ray ({where}): {_first_line(exc)}") from None
+    _quiet_data()
+    return True
+
+
+def _quiet_data() -> None:
+    """winnow prints its own per-stage progress; Ray Data's bars and banners would drown it."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    ctx.raise_original_map_exception = True
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def shutdown() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def cluster_resources() -> dict:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def merge_task():
+    """The remote task that joins a split shard's pieces into its part (I/O: reserves no CPU)."""
+    global _MERGE
+    if _MERGE is None:
+        import ray
+
+        from pipeline.shard_parts import merge_blocks
+
+        _MERGE = ray.remote(num_cpus=0, max_retries=3)(merge_blocks)
+    return _MERGE
+
+
+def guard(fn):
+    """Run ``fn``; a WinnowError raised in a Ray worker comes back as the same one-line error."""
+    try:
+        return fn()
+    except WinnowError:
+        raise
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        raise WinnowError(message) from None
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The message of the first WinnowError in ``exc``'s causes (Ray wraps worker exceptions)."""
+    from ray.exceptions import RayTaskError
+
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, WinnowError) and not isinstance(e, RayTaskError):
+            return _first_line(e)
+        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
