@@ -135,8 +135,6 @@ class Download(MapStage):
 
     def _download(self, rows: list[tuple[int, str]]) -> pa.Table:
         """Run img2dataset over (row_id, url) rows; returns its output rows (row_id, status, ...)."""
-        from concurrent.futures.process import BrokenProcessPool
-
         from stages._download_worker import make_downloader
 
         n_workers = self.worker_count()
@@ -154,16 +152,34 @@ class Download(MapStage):
                 robots_directives=list(self.robots_directives) if self.respect_robots else None,
                 max_pixels=self.max_pixels, min_image_size=self.min_image_size, resize_mode=self.resize_mode,
                 image_size=self.image_size, encode_format=self.encode_format, shard_rows=shard_rows)
-            try:
-                failed = [row for ok, row in self._pool.map(downloader, shards) if not ok]
-                for _ in self._pool.map(downloader, failed):  # one more try, as img2dataset's own distributor
-                    pass
-            except BrokenProcessPool:  # a worker died (killed, out of memory): its rows get no_result
-                discard_pool(self._pool)
-                self._pool = worker_pool(n_workers)
-            return _read_results(out_dir)
+            return self._run_shards(downloader, shards, out_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run_shards(self, downloader, shards: list[tuple[int, str]], out_dir: str) -> pa.Table:
+        """Shards to the pool; each one's output is read as soon as it is done, while others still download.
+
+        A shard img2dataset reports as failed is tried once more (as its own distributor does); if a
+        worker process dies, the pool is replaced and the rows without output get no_result.
+        """
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        tables = []
+        pending = {self._pool.submit(downloader, shard): 1 for shard in shards}
+        try:
+            while pending:
+                done = next(as_completed(pending))
+                attempt = pending.pop(done)
+                ok, (shard_id, path) = done.result()
+                if ok or attempt > 1:
+                    tables.append(_read_results(out_dir, shard_id))
+                else:
+                    pending[self._pool.submit(downloader, (shard_id, path))] = attempt + 1
+        except BrokenProcessPool:
+            discard_pool(self._pool)
+            self._pool = worker_pool(self.worker_count())
+        return pa.concat_tables(tables) if tables else _RESULT_SCHEMA.empty_table()
 
 
 _POOLS: dict[int, object] = {}
@@ -222,14 +238,18 @@ def _write_shard(tmp: str, k: int, rows: list[tuple[int, str]]) -> tuple[int, st
     return k, path
 
 
-def _read_results(out_dir: str) -> pa.Table:
-    """img2dataset's Parquet output, one row per URL it finished (failures included)."""
-    wanted = ["row_id", "status", "error_message", "width", "height", "original_width", "original_height",
-              "sha256", "jpg"]
-    tables = [pq.read_table(p, columns=wanted) for p in sorted(glob.glob(os.path.join(out_dir, "*.parquet")))]
-    schema = pa.schema([("row_id", pa.int64()), ("status", pa.string()), ("error_message", pa.string())]
-                       + [(c, OUTPUT_COLUMNS[c]) for c in wanted[3:-1]] + [("jpg", pa.binary())])
-    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+_RESULT_COLUMNS = ["row_id", "status", "error_message", "width", "height", "original_width", "original_height",
+                   "sha256", "jpg"]
+_RESULT_SCHEMA = pa.schema([("row_id", pa.int64()), ("status", pa.string()), ("error_message", pa.string())]
+                           + [(c, OUTPUT_COLUMNS[c]) for c in _RESULT_COLUMNS[3:-1]] + [("jpg", pa.binary())])
+
+
+def _read_results(out_dir: str, shard_id: int) -> pa.Table:
+    """One shard's img2dataset Parquet output: a row per URL it finished (failures included)."""
+    path = os.path.join(out_dir, f"{shard_id:05d}.parquet")  # img2dataset's name (oom_shard_count=5)
+    if not os.path.exists(path):
+        return _RESULT_SCHEMA.empty_table()
+    return pq.read_table(path, columns=_RESULT_COLUMNS).cast(_RESULT_SCHEMA)
 
 
 def _place(table: pa.Table, parts: list[tuple[list[int], pa.Table]]) -> pa.Table:

@@ -305,6 +305,8 @@ def classify(status: str | None, message: str | None) -> str | None:
         return marker.group(1)
     if "x-robots-tag" in low:
         return "robots_noai"
+    if "can't contain control characters" in low or "codec can't encode" in low or "nonnumeric port" in low:
+        return "bad_url"  # spaces or non-ASCII characters urllib will not send, a port that is not a number
     if "unknown url type" in low or ("redirection to url" in low and "not allowed" in low):
         return "bad_scheme"  # urllib refuses redirects to file: etc. before our handler sees them
     code = _HTTP_STATUS.search(msg)

@@ -78,8 +78,9 @@ def test_every_hostile_endpoint_ends_with_its_outcome(server, open_stage):
     photos = server.names[:4]
     urls = ([server.url(p) for p in HOSTILE] + [server.url(f"/coco/{n}") for n in photos]
             + [server.url(f"/coco/{photos[0]}", host="localhost"), "ftp://example.com/a.jpg",
-               "file:///etc/passwd", None, "   ", "http:///no-host.jpg"])
-    expected = list(HOSTILE.values()) + [None] * 5 + ["bad_scheme", "bad_scheme", "no_url", "no_url", "bad_url"]
+               "file:///etc/passwd", None, "   ", "http:///no-host.jpg", server.url("/a photo.jpg"),
+               server.url("/caf\u00e9.jpg")])
+    expected = list(HOSTILE.values()) + [None] * 5 + ["bad_scheme", "bad_scheme", "no_url", "no_url"] + ["bad_url"] * 3
     out, stats = run_stage(open_stage, urls)
     got = out["reject_reason"].to_pylist()
     assert dict(zip(urls, got)) == dict(zip(urls, expected))
@@ -252,6 +253,8 @@ def test_scheme_and_message_classification():
         "IncompleteRead(10 bytes read, 90 more expected)": "incomplete_body",
         "<urlopen error winnow:refused_address x resolves to 10.0.0.1 (private address)>": "refused_address",
         "Remote end closed connection without response": "network_error",
+        "URL can't contain control characters. '/a b.jpg' (found at least ' ')": "bad_url",
+        "'ascii' codec can't encode character '\\xe9' in position 5: ordinal not in range(128)": "bad_url",
     }
     assert {m: classify("failed_to_download", m) for m in cases} == cases
     assert classify("success", None) is None
