@@ -1,10 +1,10 @@
 """MetaCLIP matching throughput: the metaclip stage's prepare step with Parquet in and out, on one core.
 
 Input: the 15,833 real CC3M validation captions repeated to >= 1M rows, matched against the 338k-entry metadata.
-Two pools: ``distinct`` (every copy gets a suffix token that can match no entry, so nothing is deduplicated: the
-per-caption cost) and ``repeated`` (plain copies: the stage matches each distinct caption once, as web alt-text
-repeats). Reference figures measured in the same run: the reference's own method (``" entry " in text`` over every
-entry, on a 300-caption sample) and a per-caption pyahocorasick loop (MetaCLIP's substr_matching_ahocorasick.py).
+Every copy gets a suffix token that can match no entry, so no caption repeats (the stage matches each distinct
+caption of a batch once; that must not flatter the figure). Reference figures measured in the same run: the
+reference's own method (``" entry " in text`` over every entry, on a 300-caption sample) and a per-caption
+pyahocorasick loop (MetaCLIP's substr_matching_ahocorasick.py) with the same automaton, interleaved with ours.
 
     python -m bench.metaclip_match [--rows 1000000] [--metadata ../shared/data/metaclip/metadata_proxy_338k.json]
 """
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--metadata", default=os.path.join(DATA, "metaclip", "metadata_proxy_338k.json"))
     ap.add_argument("--captions", default=os.path.join(DATA, "captions", "cc3m_val.tsv"))
     ap.add_argument("--naive-sample", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     pa.set_cpu_count(1)  # one core: Arrow's readers/writers would otherwise use every core
     pa.set_io_thread_count(1)
@@ -48,39 +49,42 @@ def main() -> None:
     stage._matcher("all")
     print(f"automaton build: {time.perf_counter() - t0:.2f} s")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for pool in ("distinct", "repeated"):
-            src, dst = os.path.join(tmp, f"{pool}.parquet"), os.path.join(tmp, f"{pool}.out.parquet")
-            _write_pool(src, captions, copies, distinct=pool == "distinct")
-            rows, wall, cpu = _run_stage(Step(stage, "prepare"), src, dst, stage.batch_size)
-            print(f"stage prepare, {pool:<8} pool, Parquet in+out: {rows:,} rows in {wall:.2f} s wall "
-                  f"({cpu:.2f} s CPU) = {rows / cpu:,.0f} captions/s per core")
-            if pool == "distinct":
-                ours = rows / cpu
-                _check_against_reference(dst, len(captions))
-
     matcher = stage._matcher("all")
-    t0 = time.process_time()
-    for text in captions:
-        {key for _, key in matcher.automaton.iter(sm.spacing(text))}
-    per_caption = len(captions) / (time.process_time() - t0)
+    best_stage, best_loop = float("inf"), float("inf")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "pool.parquet"), os.path.join(tmp, "out.parquet")
+        _write_pool(src, captions, copies)
+        for rep in range(args.repeats):  # interleaved, best of N: the figures see the same machine load
+            rows, wall, cpu = _run_stage(Step(stage, "prepare"), src, dst, stage.batch_size)
+            best_stage = min(best_stage, cpu)
+            print(f"  run {rep + 1}: stage prepare with Parquet in+out: {rows:,} rows, {wall:.2f} s wall, "
+                  f"{cpu:.2f} s CPU = {rows / cpu:,.0f} captions/s")
+            t0 = time.process_time()
+            for text in captions:
+                {key for _, key in matcher.automaton.iter(sm.spacing(text))}
+            best_loop = min(best_loop, time.process_time() - t0)
+        _check_against_reference(dst, len(captions))
+    ours, per_caption = rows / best_stage, len(captions) / best_loop
     sample = captions[:args.naive_sample]
     t0 = time.process_time()
     for text in sample:
         sm.match_naive(text, entries)
     naive = len(sample) / (time.process_time() - t0)
-    print(f"reference: per-caption pyahocorasick loop (substr_matching_ahocorasick.py): {per_caption:,.0f} captions/s")
+    print(f"ours: metaclip stage prepare incl. Parquet read+write, one core: {ours:,.0f} captions/s (best of "
+          f"{args.repeats})")
+    print(f"reference: per-caption pyahocorasick loop (substr_matching_ahocorasick.py), same automaton: "
+          f"{per_caption:,.0f} captions/s")
     print(f"reference: plain '\" entry \" in text' loop over all entries, {len(sample)} captions: "
           f"{naive:,.1f} captions/s")
-    print(f"ours (distinct pool, incl. Arrow I/O) / plain loop: {ours / naive:,.0f}x; "
-          f"/ per-caption automaton loop: {ours / per_caption:.2f}x")
+    print(f"ours / plain loop: {ours / naive:,.0f}x; ours / per-caption automaton loop: {ours / per_caption:.2f}x")
 
 
-def _write_pool(path: str, captions: list[str], copies: int, distinct: bool) -> None:
-    """``copies`` copies of the captions; ``distinct`` appends ' \\x1f<k>', a token no entry can match."""
+def _write_pool(path: str, captions: list[str], copies: int) -> None:
+    """``copies`` copies of the captions, each copy's made distinct by ' \\x1f<k>', a token no entry can match
+    (so the stage's match-each-distinct-caption-once shortcut cannot flatter the figure)."""
     with pq.ParquetWriter(path, pa.schema([("uid", pa.string()), ("caption", pa.string())])) as w:
         for k in range(copies):
-            caps = [f"{c} \x1f{k}" for c in captions] if distinct else captions
+            caps = [f"{c} \x1f{k}" for c in captions]
             w.write_table(pa.table({"uid": [f"{k}-{i}" for i in range(len(captions))], "caption": caps}))
 
 
