@@ -84,11 +84,9 @@ def _fill_token_ids(arch: str, cfg: dict, tok) -> dict:
     return cfg
 
 
-def build_processor(arch: str):
-    from transformers import AutoImageProcessor, AutoProcessor  # noqa: F401  (registers processor classes)
-
+def build_processor(arch: str, image_overrides: dict | None = None):
     tok = build_tokenizer(arch)
-    image_cfg = _read(arch, "preprocessor_config.json")
+    image_cfg = {**_read(arch, "preprocessor_config.json"), **(image_overrides or {})}
     template = _read(arch, "chat_template.jinja")
     if arch == "blip":
         from transformers import BlipImageProcessor, BlipProcessor
@@ -117,10 +115,21 @@ def _without_type(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k != "image_processor_type"}
 
 
-def build_tiny_vlm(arch: str, out_dir: str, seed: int = 0) -> str:
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_tiny_vlm(arch: str, out_dir: str, seed: int = 0, overrides: dict | None = None,
+                   device: str = "cpu", dtype: str | None = None, image_overrides: dict | None = None) -> str:
     """Build ``arch`` with random weights (seeded), save model + processor to ``out_dir``; returns it.
 
-    A directory that already holds a finished build of the same arch and seed is reused.
+    ``overrides`` deep-merges into the repo config (the GPU benchmark scales the same architecture to
+    ~2B parameters this way), ``image_overrides`` into the image-processor config; ``device`` / ``dtype``
+    say where to initialise and how to store the weights.
+    A directory that already holds a finished build of the same arch, seed and overrides is reused.
     """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -128,15 +137,20 @@ def build_tiny_vlm(arch: str, out_dir: str, seed: int = 0) -> str:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown tiny architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
     marker = os.path.join(out_dir, MARKER)
-    stamp = f"tiny random-weight {arch} (seed {seed}) built by pipeline/tiny_vlm.py: NOT a real captioner\n"
+    extra = json.dumps([overrides or {}, image_overrides or {}], sort_keys=True)
+    stamp = (f"random-weight {arch} (seed {seed}, overrides {extra}, dtype {dtype or 'float32'}) built by "
+             "pipeline/tiny_vlm.py: NOT a real captioner\n")
     if os.path.exists(marker) and open(marker, encoding="utf-8").read() == stamp:
         return out_dir
-    processor = build_processor(arch)
-    cfg = _fill_token_ids(arch, _read(arch, "config.json"), processor.tokenizer)
+    processor = build_processor(arch, image_overrides)
+    cfg = _fill_token_ids(arch, _merge(_read(arch, "config.json"), overrides or {}), processor.tokenizer)
+    if overrides and "vocab_size" in overrides.get("text_config", {}):  # a realistic LM head, unused ids
+        cfg["text_config"]["vocab_size"] = max(overrides["text_config"]["vocab_size"], len(processor.tokenizer))
     config = AutoConfig.for_model(**cfg)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
+        with torch.device(device):
+            model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype or "float32"))
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     if arch != "blip":
         model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
