@@ -13,7 +13,6 @@ cap) is enforced inside the workers' connections: see stages/download_safety.py.
 from __future__ import annotations
 
 import atexit
-import glob
 import math
 import os
 import shutil
@@ -21,12 +20,13 @@ import tempfile
 import threading
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import WinnowError
 from stages.base import MapStage, Param, Resources, add_null_columns, set_column
-from stages.download_safety import NetworkPolicy, classify, scheme_refusal
+from stages.download_previous import PreviousDownloads
+from stages.download_reasons import classify, scheme_refusal
+from stages.download_safety import NetworkPolicy
 
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")
 IMG2DATASET_ROBOTS = ["noai", "noimageai", "noindex", "noimageindex"]
@@ -269,51 +269,3 @@ def _place(table: pa.Table, parts: list[tuple[list[int], pa.Table]]) -> pa.Table
     for name in schema.names:
         table = set_column(table, name, source[name].take(take))
     return table
-
-
-class PreviousDownloads:
-    """uid -> outcome columns of the rows a previous run downloaded successfully (sha256 set)."""
-
-    COLUMNS = ["uid", "image", "width", "height", "original_width", "original_height", "sha256"]
-
-    def __init__(self, spec: str):
-        self.files = _previous_files(spec)
-        self.where: dict[str, int] = {}
-        for k, path in enumerate(self.files):
-            names = pq.read_schema(path).names
-            missing = [c for c in ("uid", "sha256", "image") if c not in names]
-            if missing:
-                raise WinnowError(f"previous {path}: no '{missing[0]}' column; point 'previous' at a run dir "
-                                  "or at Parquet written by the download stage")
-            t = pq.read_table(path, columns=["uid", "sha256"])
-            for uid in t.filter(pc.is_valid(t["sha256"]))["uid"].to_pylist():
-                self.where[uid] = k
-
-    def lookup(self, uids: list[str]) -> pa.Table:
-        """The previous rows (uid + outcome columns) of those uids that were downloaded."""
-        by_file: dict[int, set] = {}
-        for uid in uids:
-            if uid in self.where:
-                by_file.setdefault(self.where[uid], set()).add(uid)
-        schema = pa.schema([("uid", pa.string())] + [(c, OUTPUT_COLUMNS[c]) for c in self.COLUMNS[1:]])
-        tables = [pq.read_table(self.files[k], columns=self.COLUMNS, filters=pc.field("uid").isin(list(wanted)))
-                  for k, wanted in sorted(by_file.items())]
-        found = pa.concat_tables([t.cast(schema) for t in tables] or [schema.empty_table()])
-        return found.filter(pc.is_valid(found["image"]))
-
-
-def _previous_files(spec: str) -> list[str]:
-    """A run dir's every-row checkpoint (work/seg-0) or kept/; else a dir or glob of Parquet."""
-    if os.path.isfile(os.path.join(spec, "pipeline.json")) or os.path.isdir(os.path.join(spec, "work")):
-        for sub in (os.path.join("work", "seg-0"), "kept"):
-            files = _parquet_in(os.path.join(spec, sub))
-            if files:
-                return files
-    files = _parquet_in(spec) if os.path.isdir(spec) else sorted(glob.glob(spec))
-    if not files:
-        raise WinnowError(f"previous {spec}: no Parquet files found (expected a run dir, its kept/, or a glob)")
-    return files
-
-
-def _parquet_in(directory: str) -> list[str]:
-    return sorted(p for p in glob.glob(os.path.join(directory, "*.parquet")) if not p.endswith(".grouped.parquet"))

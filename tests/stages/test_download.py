@@ -20,8 +20,10 @@ from pipeline.errors import WinnowError
 from pipeline.plan import Step
 from pipeline.run import execute
 from stages import registry
-from stages.download import Download, _previous_files
-from stages.download_safety import address_refusal, classify, scheme_refusal
+from stages.download import Download
+from stages.download_previous import previous_files
+from stages.download_reasons import classify, scheme_refusal
+from stages.download_safety import address_refusal
 from tests.stages.http_fixtures import FixtureServer
 
 # Generous enough for a loaded 2-core CI box; /slow and /endless outlast them by far.
@@ -273,7 +275,7 @@ def test_params_are_listed_and_validated(tmp_path):
     with pytest.raises(WinnowError, match="resize_mode"):
         Download(resize_mode="stretch")
     with pytest.raises(WinnowError, match="no Parquet files"):
-        _previous_files(str(tmp_path))
+        previous_files(str(tmp_path))
 
 
 def test_set_up_stage_pickles_without_its_pool(open_stage):
