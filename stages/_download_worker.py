@@ -1,7 +1,7 @@
 """What runs inside the download worker processes: img2dataset's Downloader, made safe.
 
-Imported only by the download stage's setup() and by the spawned workers (it imports img2dataset,
-which is slow to import, so the stage registry must not scan it: hence the leading underscore).
+Imported only in the spawned worker processes: it imports img2dataset, which is slow to import
+(torch comes with it), so neither the stage's process nor the stage registry loads it.
 
 * ``SafeDownloader`` is img2dataset's ``Downloader`` (thread pool, retries, X-Robots-Tag, sha256,
   Parquet writer) that first installs the guarded urllib opener from ``download_safety`` in the
@@ -110,6 +110,6 @@ def make_downloader(policy: NetworkPolicy, output_folder: str, *, threads: int, 
     )
 
 
-def warm_up() -> None:
-    """Pool initializer: importing this module (img2dataset) happens when a worker starts."""
-    import PIL.Image  # noqa: F401
+def run_shard(policy: NetworkPolicy, output_folder: str, shard: tuple[int, str], **settings):
+    """One img2dataset shard -> (ok, shard), its Parquet output written to output_folder."""
+    return make_downloader(policy, output_folder, **settings)(shard)

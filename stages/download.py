@@ -13,6 +13,7 @@ cap) is enforced inside the workers' connections: see stages/download_safety.py.
 from __future__ import annotations
 
 import atexit
+import functools
 import math
 import os
 import shutil
@@ -135,8 +136,6 @@ class Download(MapStage):
 
     def _download(self, rows: list[tuple[int, str]]) -> pa.Table:
         """Run img2dataset over (row_id, url) rows; returns its output rows (row_id, status, ...)."""
-        from stages._download_worker import make_downloader
-
         n_workers = self.worker_count()
         shard_rows = min(MAX_SHARD_ROWS, math.ceil(len(rows) / n_workers))
         tmp = tempfile.mkdtemp(prefix="winnow-download-", dir=self.tmp_dir or None)
@@ -146,8 +145,8 @@ class Download(MapStage):
             shards = [_write_shard(tmp, k, rows[s:s + shard_rows])
                       for k, s in enumerate(range(0, len(rows), shard_rows))]
             policy = NetworkPolicy(self.allow_private_networks, self.max_bytes, self.deadline, self.max_redirects)
-            downloader = make_downloader(
-                policy, out_dir, threads=self.threads, timeout=self.timeout, retries=self.retries,
+            downloader = functools.partial(
+                _run_shard, policy, out_dir, threads=self.threads, timeout=self.timeout, retries=self.retries,
                 user_agent_token=self.user_agent_token or None,
                 robots_directives=list(self.robots_directives) if self.respect_robots else None,
                 max_pixels=self.max_pixels, min_image_size=self.min_image_size, resize_mode=self.resize_mode,
@@ -182,6 +181,19 @@ class Download(MapStage):
         return pa.concat_tables(tables) if tables else _RESULT_SCHEMA.empty_table()
 
 
+def _run_shard(*args, **kwargs):
+    """Runs in a worker: img2dataset is imported there only, never in the stage's own process
+    (it pulls in torch via webdataset: seconds and hundreds of MB, per Ray actor otherwise)."""
+    from stages._download_worker import run_shard
+
+    return run_shard(*args, **kwargs)
+
+
+def _warm_up() -> None:
+    """Pool initializer: a worker imports img2dataset as it starts, not on its first shard."""
+    import stages._download_worker  # noqa: F401
+
+
 _POOLS: dict[int, object] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -189,20 +201,18 @@ _POOLS_LOCK = threading.Lock()
 def worker_pool(n: int):
     """The process's pool of n download workers, started (and warmed up) on first use.
 
-    Workers hold no per-stage state (each task carries its downloader and policy), so every
+    Workers hold no per-stage state (each task carries its settings and policy), so every
     download stage in a process shares one pool per size: starting a worker costs seconds of
     img2dataset imports. Spawned, as img2dataset does: forking a process with threads is unsafe.
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from stages import _download_worker
-
     with _POOLS_LOCK:
         pool = _POOLS.get(n)
         if pool is None:
             pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_download_worker.warm_up)
+                                       initializer=_warm_up)
             for f in [pool.submit(os.getpid) for _ in range(n)]:  # start all n now, not on demand
                 f.result()
             if not _POOLS:
