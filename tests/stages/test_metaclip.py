@@ -123,12 +123,9 @@ def test_same_rows_for_any_sharding_and_on_rerun(tmp_path, wordnet, reference):
     assert _kept(m_seed) != _kept(m1)  # the seed does drive the draw
 
 
-def test_ray_runner_keeps_the_same_rows(tmp_path, wordnet, reference, request):
-    pytest.importorskip("pipeline.ray_runner")
-    try:
-        request.getfixturevalue("ray_local")
-    except pytest.FixtureLookupError:
-        pytest.skip("the session Ray fixture 'ray_local' is not in tests/conftest.py yet")
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_ray_runner_keeps_the_same_rows(tmp_path, wordnet, reference, ray_local):
     inp = _write_shards(tmp_path / "in", reference, 3)
     _, local, a_local = _run(inp, tmp_path / "local", metadata=wordnet, target_fraction=0.4)
     _, ray, a_ray = _run(inp, tmp_path / "ray", runner="ray", metadata=wordnet, target_fraction=0.4)
