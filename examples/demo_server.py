@@ -21,7 +21,8 @@ class ImageServer:
     """Serves ``images[uid]`` at ``/img/<uid>``; unknown uids are 404."""
 
     def __init__(self, images: dict[str, bytes]):
-        store = images
+        self.images = images
+        store = self.images
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's naming
