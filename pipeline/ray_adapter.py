@@ -38,13 +38,13 @@ class StepRunner:
 class GroupRunner:
     """Decides one key group (all its live rows, across shards) with the local runner's logic."""
 
-    def __init__(self, stage: GroupStage):
-        self.stage = stage
+    def __init__(self, stage: GroupStage, key: str):
+        self.stage, self.key = stage, key
 
     def __call__(self, group: pa.Table) -> pa.Table:
         view, internal = shard_parts.split_internal(group)
         t0 = time.perf_counter()
-        out = plan_mod.group_live_rows(self.stage, view)
+        out = plan_mod.group_live_rows(self.stage, view, self.key)
         return shard_parts.add_seconds(shard_parts.join_internal(out, internal), 0, time.perf_counter() - t0)
 
 
@@ -100,11 +100,11 @@ def map_step(ds, step: Step, index: int, cluster: dict, spec: shard_parts.PassSp
     return ds.map_batches(fn, batch_size=step.stage.batch_size, **args)
 
 
-def group_step(ds, stage: GroupStage, cluster: dict, num_partitions: int):
-    """Rows sharing ``stage.key_column`` meet in one call (Ray Data hash shuffle), wherever they came from."""
-    args = _ray_args(stage, cluster, GroupRunner(stage))
+def group_step(ds, stage: GroupStage, cluster: dict, key: str, num_partitions: int):
+    """Rows sharing ``key`` meet in one call (Ray Data hash shuffle), wherever they came from."""
+    args = _ray_args(stage, cluster, GroupRunner(stage, key))
     fn = args.pop("fn")
-    return ds.groupby(stage.key_column, num_partitions=num_partitions).map_groups(fn, **args)
+    return ds.groupby(key, num_partitions=num_partitions).map_groups(fn, **args)
 
 
 def write_pass(ds, spec: shard_parts.PassSpec):

@@ -7,7 +7,7 @@ import os
 
 from pipeline.errors import WinnowError
 
-_MERGE = None
+_REMOTE: dict = {}
 
 
 def connect(address: str | None) -> bool:
@@ -35,10 +35,18 @@ def connect(address: str | None) -> bool:
 
 
 def _quiet_data() -> None:
-    """winnow prints its own per-stage progress; Ray Data's bars and banners would drown it."""
+    """winnow prints its own per-stage progress; Ray Data's bars and banners would drown it.
+
+    Group barriers shuffle with Ray Data's sort-based shuffle (plain tasks) unless
+    RAY_DATA_DEFAULT_SHUFFLE_STRATEGY says otherwise: the hash shuffle starts a pool of aggregator
+    actors per groupby, which costs seconds to tens of seconds before the first row moves.
+    """
     from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
 
     ctx = DataContext.get_current()
+    if not os.environ.get("RAY_DATA_DEFAULT_SHUFFLE_STRATEGY"):
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
@@ -58,16 +66,14 @@ def cluster_resources() -> dict:
     return dict(ray.cluster_resources())
 
 
-def merge_task():
-    """The remote task that joins a split shard's pieces into its part (I/O: reserves no CPU)."""
-    global _MERGE
-    if _MERGE is None:
-        import ray
+def remote_task(fn):
+    """``fn`` as a Ray task for file work (merging a shard's pieces): reserves no CPU, retried if its
+    worker dies (it writes deterministic names atomically, so a retry overwrites)."""
+    import ray
 
-        from pipeline.shard_parts import merge_blocks
-
-        _MERGE = ray.remote(num_cpus=0, max_retries=3)(merge_blocks)
-    return _MERGE
+    if fn not in _REMOTE:
+        _REMOTE[fn] = ray.remote(num_cpus=0, max_retries=3)(fn)
+    return _REMOTE[fn]
 
 
 def guard(fn):

@@ -71,6 +71,7 @@ class PassSpec:
     partials: bool = False  # the pass ends with a global stage's prepare: record its partials
     shard_stats: bool = True  # write part-*.parquet.stats.json (the local runner's resume format)
     first: bool = False  # the first segment records each shard's input row count
+    whole_shards: bool = True  # False for a group pass: only some rows travel, pieces are patched in later
 
     def part(self, stem: str) -> str:
         return os.path.join(self.seg_dir, f"part-{stem}{self.suffix}")
@@ -140,7 +141,7 @@ def write_block(table: pa.Table, spec: PassSpec, partial_stage=None) -> pa.Table
         view, internal = split_internal(piece)
         partial = global_partial(partial_stage, view) if spec.partials else None
         stem = f"{int(s):05d}"
-        done = piece.num_rows == n
+        done = spec.whole_shards and piece.num_rows == n
         block = None
         if done:
             order = pc.sort_indices(internal[ROW])
@@ -169,6 +170,32 @@ def merge_blocks(spec: PassSpec, stem: str, blocks: list[str], shard_stats: dict
     write_shard(spec, stem, table, shard_stats, [pickle.loads(p) for p in partials] if partials is not None else None)
     for p in blocks:
         os.remove(p)
+
+
+def patch_shard(source: str, target: str, blocks: list[str], stage_name: str) -> dict:
+    """A group pass's decided rows (``__row`` + the columns that travelled) put back into the shard's
+    full rows from ``source``; returns the pass's counts for the shard (local runner's definition)."""
+    from pipeline.plan import count_live
+
+    full = pq.read_table(source)
+    live_before = count_live(full)
+    if blocks:
+        decided = pa.concat_tables([pq.read_table(p) for p in blocks], promote_options="permissive")
+        index = np.arange(full.num_rows)
+        index[decided[ROW].to_numpy()] = full.num_rows + np.arange(decided.num_rows)
+        index = pa.array(index)
+        for name in decided.column_names:
+            if name != ROW and name in full.column_names:
+                old = full[name].combine_chunks()
+                new = pa.concat_arrays([old, decided[name].cast(old.type).combine_chunks()]).take(index)
+                full = full.set_column(full.schema.get_field_index(name), name, new)
+    outputs.write_parquet_atomic(full, target)
+    for p in blocks:
+        os.remove(p)
+    mask = pc.fill_null(pc.equal(full[REJECT_STAGE], stage_name), False)
+    rejected = Counter(full.filter(mask)[REJECT_REASON].to_pylist())
+    return {"rows_in": live_before, "kept": live_before - sum(rejected.values()),
+            "rejected": dict(sorted(rejected.items())), "seconds": 0.0}
 
 
 def write_shard(spec: PassSpec, stem: str, table: pa.Table, shard_stats: dict | None, partials: list | None) -> None:

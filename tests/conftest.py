@@ -39,3 +39,18 @@ def sample_dir(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("sample")
     write_sample(str(out), rows=400, shards=4, seed=7, mismatch=0.1)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole test session (starting Ray costs seconds), shut down at the end.
+
+    Four logical CPUs on a 2-core machine: a pipeline with two actor-pool stages plus task stages
+    must be able to hold all its operators at once.
+    """
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,89 @@
+"""A group barrier on Ray (dedup): rows sharing a key are decided together after a hash shuffle.
+
+Per key of the stage (``group_keys()``, one pass each, in order): the live rows that have a key are
+read — only the columns deciding needs when the stage names them (``decide_columns()``), so image
+bytes stay where they are — shuffled with ``groupby(key).map_groups`` and decided per group with the
+local runner's own ``group_live_rows``; the decided rows come back as pieces that a task per shard
+patches into the shard's full rows. Rows without a key never travel; nothing comes to the driver.
+Decisions span shards, so the barrier is all or nothing: it is redone unless every grouped part and
+its stats exist.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from pipeline import outputs, shard_parts
+from pipeline import stats as stats_mod
+from pipeline.inputs import Shard
+from pipeline.local_runner import _final_part, part_path, seg_dir
+from pipeline.ray_tracker import Tracker
+from pipeline.stats import Progress
+from stages.base import REJECT_REASON, REJECT_STAGE, GroupStage
+
+MAX_PARTITIONS = 32
+
+
+def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster: dict, progress: Progress) -> dict:
+    """Decide ``stage`` over every shard of segment ``k``; returns its stats (as the local runner counts)."""
+    import ray
+
+    from pipeline import ray_adapter, ray_session
+    from pipeline.ray_runner import read_dataset
+
+    name = stage.instance_name
+    stats_path = os.path.join(seg_dir(out, k), f"group-{name}.stats.json")
+    if os.path.exists(stats_path) and all(_final_part(out, k, s).endswith(".grouped.parquet") for s in shards):
+        with open(stats_path, encoding="utf-8") as f:
+            return json.load(f)
+    keys = stage.group_keys() if hasattr(stage, "group_keys") else [stage.key_column]
+    wanted = stage.decide_columns() if hasattr(stage, "decide_columns") else None
+    if wanted is not None:
+        wanted = list(dict.fromkeys(["uid", *keys, REJECT_STAGE, REJECT_REASON, *stage.produces(), *wanted]))
+    block_dir = os.path.join(seg_dir(out, k), "blocks-group")
+    source = [part_path(out, k, s) for s in shards]
+    patch = ray_session.remote_task(shard_parts.patch_shard)
+    t0 = time.perf_counter()
+    totals: dict = {}
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        target = [p.replace(".parquet", ".grouped.parquet" if last else f".grouped-{i}.parquet") for p in source]
+        shutil.rmtree(block_dir, ignore_errors=True)
+        os.makedirs(block_dir, exist_ok=True)
+        spec = shard_parts.PassSpec(seg_dir=seg_dir(out, k), block_dir=block_dir, steps=[(name, "group")],
+                                    whole_shards=False, shard_stats=False)
+        items = [Shard(p, s.index, "parquet") for p, s in zip(source, shards)]
+        ds = read_dataset(items, ("keyed", key, _present(wanted, source)), cluster)
+        ds = ray_adapter.group_step(ds, stage, cluster, key, max(1, min(len(shards), MAX_PARTITIONS)))
+        tracker = Tracker(spec, f"group {name}" + (f" key {key}" if len(keys) > 1 else ""), len(shards),
+                          progress, merge=False)
+        tracker.consume(ray_adapter.write_pass(ds, spec))
+        per_shard = ray.get([patch.remote(src, dst, [p["block"] for p in tracker.pieces.get(s.index, [])], name)
+                             for src, dst, s in zip(source, target, shards)])
+        if i > 0:  # an intermediate pass's output
+            for p in source:
+                os.remove(p)
+        st: dict = {}
+        for one in per_shard:
+            st = stats_mod.merge(st, one)
+        if i > 0:  # rows in: live before the first key; rejected: all this stage's, after the last
+            st = {**st, "rows_in": totals["rows_in"], "kept": totals["rows_in"] - sum(st["rejected"].values())}
+        totals = st
+        source = target
+    shutil.rmtree(block_dir, ignore_errors=True)
+    totals["seconds"] = time.perf_counter() - t0
+    outputs.write_json_atomic(totals, stats_path)
+    progress.report(name, "group, all shards", totals)
+    return totals
+
+
+def _present(wanted: list[str] | None, paths: list[str]) -> list[str] | None:
+    """The wanted columns that the parts have (a produced column may be absent when no row was live)."""
+    if wanted is None or not paths:
+        return wanted
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(paths[0]).names)
+    return [c for c in wanted if c in names]

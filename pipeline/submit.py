@@ -1,0 +1,104 @@
+"""`winnow submit PIPELINE.yaml --address http://HEAD:8265 [--output DIR] [--wait]`: a run as a Ray job.
+
+The pipeline is validated here first (a typo fails on your machine, not on the cluster). The job's
+working_dir is this project (uploaded by the Jobs API), so the cluster runs exactly the code you
+have; the resolved pipeline travels in the job's environment and the job's entrypoint runs
+``python -m pipeline.cli run <it> --address auto`` on the head node. Input and output paths are made
+absolute against your current directory: they must name the same place on the cluster (a shared
+filesystem), which is where the run directory ends up.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+
+import yaml
+
+from pipeline.errors import WinnowError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIPELINE_ENV = "WINNOW_PIPELINE_YAML"
+# Never uploaded: environments, VCS data, caches and run outputs (.gitignore is honoured as well).
+EXCLUDES = [".venv", ".git", "**/__pycache__", "*.pyc", ".pytest_cache", "out", "runs", "demo_out", "*.egg-info"]
+
+
+def main(args) -> int:
+    from pipeline.config import load_pipeline
+
+    cfg = load_pipeline(args.pipeline, {"output": args.output})
+    if not cfg.output:
+        raise WinnowError(f"{args.pipeline}: no 'output' in the file and no --output given")
+    resolved = cfg.to_dict() | {"output": os.path.abspath(cfg.output)}
+    if "://" not in cfg.input:
+        resolved["input"] = os.path.abspath(cfg.input)
+    client = _client(args.address)
+    job_id = client.submit_job(
+        entrypoint=f"{_python()} -m pipeline.submit --address auto",
+        runtime_env={"working_dir": REPO, "excludes": EXCLUDES,
+                     "env_vars": {PIPELINE_ENV: yaml.safe_dump(resolved, sort_keys=False),
+                                  "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+                                  "NO_ALBUMENTATIONS_UPDATE": "1"}},
+        metadata={"winnow_pipeline": os.path.basename(args.pipeline), "winnow_output": resolved["output"]},
+    )
+    print(f"submitted job {job_id} to {args.address}; output: {resolved['output']}", flush=True)
+    if not args.wait:
+        print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
+        return 0
+    return _follow(client, job_id)
+
+
+def _client(address: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WinnowError(f"--address {address}: cannot reach the Ray Jobs API ({first})") from None
+
+
+def _follow(client, job_id: str) -> int:
+    """Stream the job's logs until it ends; exit 0 if it succeeded, 1 otherwise."""
+    from ray.job_submission import JobStatus
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(tail())
+    status = client.get_job_status(job_id)
+    deadline = time.monotonic() + 60
+    while not status.is_terminal() and time.monotonic() < deadline:  # logs can end before the status settles
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    print(f"job {job_id} {status.value}", file=sys.stderr if status != JobStatus.SUCCEEDED else sys.stdout)
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _python() -> str:
+    """The job runs with the cluster's own `python` (cluster.yaml installs winnow's requirements there)."""
+    return "python"
+
+
+def _job_entry(argv: list[str]) -> int:
+    """Inside the job: write the shipped pipeline to a file and run it like `winnow run` would."""
+    from pipeline.cli import main as cli_main
+
+    text = os.environ.get(PIPELINE_ENV)
+    if not text:
+        print(f"winnow: error: ${PIPELINE_ENV} is not set (this module is the entrypoint of `winnow submit` jobs)",
+              file=sys.stderr)
+        return 2
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="winnow-job-", delete=False) as f:
+        f.write(text)
+    try:
+        return cli_main(["run", f.name, *argv])
+    finally:
+        os.unlink(f.name)
+
+
+if __name__ == "__main__":
+    sys.exit(_job_entry(sys.argv[1:]))
