@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import stats as stats_mod
-from stages.base import GlobalStage, GroupStage, MapStage, Stage, live_mask, run_on_live_rows
+from stages.base import GlobalStage, GroupStage, MapStage, Stage, group_starts, live_mask, run_on_live_rows
 
 
 @dataclass
@@ -110,17 +111,37 @@ def group_live_rows(stage: GroupStage, table: pa.Table, key: str | None = None) 
         return table
     sub = table.take(pa.array(idx)).append_column("__pos", pa.array(idx))
     sub = sub.sort_by([(key, "ascending"), ("uid", "ascending")])
-    keys = sub[key].to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], len(keys)]
-    decided = []
-    for s, e in zip(starts, ends):
-        if e - s > 1:
-            decided.append(stage.decide_group(sub.slice(s, e - s)))
-    if not decided:
+    starts = group_starts(sub[key])
+    sizes = np.diff(np.r_[starts, len(sub)])
+    in_group = np.repeat(sizes > 1, sizes)  # only keys with two or more live rows are decided
+    if not in_group.any():
         return table
+    sub = sub.filter(pa.array(in_group))
+    starts = np.r_[0, np.cumsum(sizes[sizes > 1])[:-1]].astype(np.int64)
+    decided = []
+    for a, b in _chunks(starts, len(sub), GROUP_CHUNK_ROWS):  # whole groups per call, bounded size
+        decided.append(stage.decide_groups(sub.slice(a, b - a), key))
     decided_t = pa.concat_tables(decided, promote_options="permissive")
     return replace_rows(table, decided_t)
+
+
+GROUP_CHUNK_ROWS = 1_000_000
+
+
+def _chunks(starts: np.ndarray, n: int, target: int):
+    """(begin, end) row ranges of consecutive whole groups, about ``target`` rows each (a bigger group alone)."""
+    begin = 0
+    while begin < n:
+        if begin + target >= n:
+            end = n
+        else:
+            i = int(np.searchsorted(starts, begin + target, side="right"))  # starts[:i] <= begin + target
+            if starts[i - 1] > begin:
+                end = int(starts[i - 1])
+            else:  # one group longer than target: it goes alone
+                end = int(starts[i]) if i < len(starts) else n
+        yield begin, end
+        begin = end
 
 
 def replace_rows(table: pa.Table, decided: pa.Table) -> pa.Table:

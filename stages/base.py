@@ -182,6 +182,37 @@ class GroupStage(Stage):
     def decide_group(self, group: pa.Table) -> pa.Table:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def decide_groups(self, groups: pa.Table, key: str) -> pa.Table:
+        """Decide many groups in one call: ``groups`` holds whole groups (two or more live rows each)
+        back to back, sorted by ``key`` then uid. The default calls ``decide_group`` per group; a stage
+        with millions of tiny groups (exact dedup) overrides it to decide them all vectorised.
+        """
+        import numpy as np
+
+        starts = group_starts(groups[key])
+        ends = np.r_[starts[1:], groups.num_rows]
+        parts = [self.decide_group(groups.slice(s, e - s)) for s, e in zip(starts, ends)]
+        return pa.concat_tables(parts, promote_options="permissive") if parts else groups
+
+    def decide_columns(self) -> list[str] | None:
+        """The columns deciding reads (None = all). A runner may then move only these, plus uid, the
+        keys, the reject columns and ``produces()``, through the shuffle and patch the decisions back
+        into the full rows: image bytes need not travel.
+        """
+        return None
+
+
+def group_starts(keys: pa.ChunkedArray | pa.Array) -> "np.ndarray":
+    """Row indices where a new key value begins in a column sorted by key."""
+    import numpy as np
+
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    differs = pc.fill_null(pc.not_equal(keys.slice(1), keys.slice(0, n - 1)), True)
+    return np.r_[0, np.flatnonzero(differs.to_numpy(zero_copy_only=False)) + 1].astype(np.int64)
+
 
 def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
     """Replace or append column ``name``."""

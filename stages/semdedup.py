@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipeline.errors import WinnowError
 from stages.base import GlobalStage, GroupStage, Param, Resources, set_column
-from stages.dedup import DUP_OF, check_prefer, mark_duplicates, survivor_order
+from stages.dedup import DUP_OF, check_prefer, mark_duplicates, prefer_columns, survivor_order
 
 EMB = "semdedup_embedding"  # normalised float16 bytes; large_binary so the manifest leaves it out
 CLUSTER = "semdedup_cluster"
@@ -83,7 +83,13 @@ class EmbeddingSource:
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
-        found = self._side.to_table(columns=["uid", self.field], filter=ds.field("uid").isin(uids))
+        # The range terms let Parquet row-group statistics skip most of a side dataset written in
+        # input order (as scorers write it); is_in alone would decode every row group.
+        lo, hi = pc.min_max(uids).values()
+        if not lo.is_valid:
+            return pa.chunked_array([pa.nulls(len(uids), self._side.schema.field(self.field).type)])
+        wanted = (ds.field("uid") >= lo) & (ds.field("uid") <= hi) & ds.field("uid").isin(uids)
+        found = self._side.to_table(columns=["uid", self.field], filter=wanted)
         pos = pc.index_in(uids, value_set=found["uid"].combine_chunks())
         return found[self.field].take(pos)  # null positions -> null embeddings
 
@@ -270,6 +276,9 @@ class SemDedup(GroupStage):
                 raise WinnowError(f"stage '{self.instance_name}' needs column '{col}': put a semdedup_kmeans "
                                   "stage before it")
         return table
+
+    def decide_columns(self):
+        return ["uid", EMB, CENTROID_SIM, CLUSTER] + prefer_columns(self.prefer)
 
     def decide_group(self, group: pa.Table) -> pa.Table:
         vectors, _ = emb_matrix(group[EMB])

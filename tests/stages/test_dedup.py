@@ -10,7 +10,7 @@ from PIL import Image, ImageEnhance
 from pipeline.config import parse_pipeline
 from pipeline.errors import WinnowError
 from pipeline.run import execute
-from stages.dedup import PerceptualDedup, UrlDedup, normalize_url, survivor_order
+from stages.dedup import PerceptualDedup, UrlDedup, normalize_url, normalize_urls, survivor_order
 
 # copy kinds the issue's bar applies to (precision >= 0.99, recall >= 0.95), and the harder crops
 EASY = ("jpeg", "resize", "bright", "png", "webp")
@@ -157,6 +157,27 @@ def test_normalize_url():
     assert normalize_url("https://example.com", ignore_scheme=False) != normalize_url("http://example.com",
                                                                                       ignore_scheme=False)
     assert normalize_url("http://[::1]:99999/x") == "http://[::1]:99999/x"  # invalid port: compared as text
+
+
+def test_vectorised_url_normalisation_equals_the_reference():
+    urls = ["http://Example.COM/a/b.jpg", "HTTPS://www.EXAMPLE.com", "http://ex.com./p#frag", "http://...",
+            "http://a/b c", "https://host:8080/x", "http://u@h.com/x", "http://h.com/a%7eb", "//x.com/a",
+            "http://h.com/x?b=1&a=2&utm_x=3", None, "", "  ", "data:image/png;base64,xx", "ftp://h/x",
+            "http://www.www.x/y", "http:///p", "http://x.com/:@!$&'()*+,;=-._~/", "http://x.com/\u00e9", " http://a/b"]
+    for ignore_scheme in (True, False):
+        for strip_www in (True, False):
+            fast = normalize_urls(pa.array(urls), ignore_scheme, strip_www, ["utm_*"]).to_pylist()
+            ref = [normalize_url(u, ignore_scheme, strip_www, ["utm_*"]) if u and u.strip() else None for u in urls]
+            assert fast == ref
+
+
+def test_exact_decide_groups_does_not_rely_on_row_order():
+    groups = pa.table({"uid": ["b", "a", "c", "z", "y"], "url_key": [b"k1", b"k1", b"k1", b"k2", b"k2"],
+                       "reject_stage": pa.nulls(5, pa.string()), "reject_reason": pa.nulls(5, pa.string()),
+                       "dup_of": pa.nulls(5, pa.string())})
+    out = UrlDedup().decide_groups(groups, "url_key").to_pylist()
+    assert [r["dup_of"] for r in out] == ["a", None, "a", "y", None]
+    assert [r["reject_reason"] for r in out] == ["dup:url", None, "dup:url", "dup:url", None]
 
 
 def test_exact_dedup_url_then_image_only_live_rows_compete(tmp_path):
