@@ -60,12 +60,12 @@ class CaptionMix(MapStage):
             synth = self._pick_synthetic(str(uid), synth)
             want_synth = uid_uniform(self.seed, str(uid), "caption_mix") < self.synthetic_ratio
             if synth is not None and (want_synth or alt is None):
-                chosen.append(synth), sources.append(SYNTHETIC)
-            elif alt is not None:
-                chosen.append(alt), sources.append(ALT)
-            else:
-                chosen.append(None), sources.append(None)
-            reasons.append("no_caption" if self.reject_empty and chosen[-1] is None else None)
+                caption, source = synth, SYNTHETIC
+            else:  # alt-text, or nothing when the row has neither
+                caption, source = alt, (ALT if alt is not None else None)
+            chosen.append(caption)
+            sources.append(source)
+            reasons.append("no_caption" if self.reject_empty and caption is None else None)
         table = set_column(table, self.output_column, pa.array(chosen, pa.string()))
         table = set_column(table, "caption_source", pa.array(sources, pa.string()))
         return self.reject(table, reasons) if any(reasons) else table

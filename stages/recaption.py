@@ -155,12 +155,12 @@ class Recaption(MapStage):
 
     def _generate(self, todo, images, prompts, uids, errors) -> dict[int, list[str]]:
         """Captions per row index; generation errors land in ``errors`` (one row at a time on failure)."""
+        from kernels.seeded_sampling import row_seed
+
         k_n = self.num_captions
         seqs = [(i, k) for i in todo for k in range(k_n)]  # one sequence per (row, caption k)
         texts = [self.engine.render(prompts[i]) for i, _ in seqs]
         out: dict[int, list] = {i: [None] * k_n for i in todo}
-        from kernels.seeded_sampling import row_seed
-
         seeds = [row_seed(self.gen_seed, str(uids[i]), k) for i, k in seqs]
 
         def run(part: list[int]) -> str | None:
@@ -171,7 +171,8 @@ class Recaption(MapStage):
             except WinnowError:
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded per row, the run goes on
-                return f"generation_failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                first = (str(exc).splitlines() or [""])[0][:200]
+                return f"generation_failed: {type(exc).__name__}: {first}"
             for j, cap in zip(part, caps):
                 out[seqs[j][0]][seqs[j][1]] = cap
             return None

@@ -57,17 +57,17 @@ def test_decoder_only_right_padding_would_change_captions(models, pool):
 
 
 def test_same_seed_same_captions_whatever_the_batching(models, pool):
-    table = pool.slice(0, 6)
+    table = pool.slice(0, 4)
     params = {"model": models["qwen2_vl"], "prompt": "Describe the image.", "do_sample": True, "temperature": 1.2,
               "top_k": 50, "num_captions": 3, "sample_seed": 7}
-    first, _ = _run(table, gen_batch_size=4, **params)
-    single, _ = _run(table, gen_batch_size=1, **params)
+    first, _ = _run(table, gen_batch_size=5, **params)  # 12 sequences: batches of 5, 5, 2
+    single, _ = _run(table.slice(0, 2), gen_batch_size=1, **params)
     reversed_rows, _ = _run(table.take(list(range(table.num_rows))[::-1]), gen_batch_size=4, **params)
-    other_seed, _ = _run(table, gen_batch_size=4, **{**params, "sample_seed": 8})
+    other_seed, _ = _run(table, gen_batch_size=12, **{**params, "sample_seed": 8})
     caps = first["caption_synthetic"].to_pylist()
     assert first.schema.field("caption_synthetic").type == pa.list_(pa.string())
     assert all(len(c) == 3 for c in caps)
-    assert caps == single["caption_synthetic"].to_pylist()
+    assert caps[:2] == single["caption_synthetic"].to_pylist()
     assert caps == reversed_rows["caption_synthetic"].to_pylist()[::-1]  # a row's samples follow its uid
     assert sum(len(set(c)) == 3 for c in caps) >= len(caps) // 2  # the k captions of a row are distinct draws
     assert caps != other_seed["caption_synthetic"].to_pylist()
