@@ -225,3 +225,13 @@ def test_pipeline_run_end_to_end_with_resume(models, tmp_path):
     assert pq.read_table(out / "manifest").sort_by("uid").equals(manifest)
     with open(out / "pipeline.json", encoding="utf-8") as f:  # provenance survives a run that loaded no model
         assert json.load(f)["models"]["recaption"]["revision"] == models_info["recaption"]["revision"]
+
+
+def test_stage_pickles_before_setup_with_its_resources():
+    """The Ray adapter ships the configured (not yet set up) stage to GPU actors."""
+    import pickle
+
+    stage = Recaption(model="m", where="clip_score < 0.2", prompt="{caption}", gpus=0.5, cpus=2.0)
+    copy = pickle.loads(pickle.dumps(stage))
+    assert copy.resources.gpus == 0.5 and copy.resources.cpus == 2.0
+    assert copy.requires == ("uid", "image", "caption") and copy.predicate.columns == ("clip_score",)
