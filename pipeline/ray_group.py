@@ -49,7 +49,8 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
     totals: dict = {}
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
-        target = [p.replace(".parquet", ".grouped.parquet" if last else f".grouped-{i}.parquet") for p in source]
+        target = [part_path(out, k, s).replace(".parquet", ".grouped.parquet" if last else f".grouped-{i}.parquet")
+                  for s in shards]  # named from the part, not from the previous pass's output
         shutil.rmtree(block_dir, ignore_errors=True)
         os.makedirs(block_dir, exist_ok=True)
         spec = shard_parts.PassSpec(seg_dir=seg_dir(out, k), block_dir=block_dir, steps=[(name, "group")],
