@@ -64,6 +64,14 @@ def uses_actors(stage: Stage) -> bool:
     return bool(stage.stateful or stage.resources.gpus > 0)
 
 
+def cpus_needed(steps: list[Step]) -> float:
+    """CPUs a segment needs to hold all its operators at once: every actor pool's first actor plus
+    the largest task. An embedded Ray gets at least this many logical CPUs, or it would wait forever."""
+    actors = sum(s.stage.resources.cpus for s in steps if uses_actors(s.stage))
+    tasks = max([s.stage.resources.cpus for s in steps if not uses_actors(s.stage)], default=0.0)
+    return actors + tasks
+
+
 def pool_size(stage: Stage, cluster: dict) -> int:
     """Most actors the cluster can hold for this stage (its GPUs or its CPUs bound it)."""
     res = stage.resources

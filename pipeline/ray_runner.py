@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,13 +35,15 @@ from stages.base import GlobalStage, GroupStage, Stage, ensure_reject_columns
 def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str], progress: Progress,
             address: str | None = None) -> dict:
     """Same contract as ``run_local``: per-stage stats, one final Parquet part per shard, input rows."""
-    from pipeline import ray_session
+    from pipeline import ray_adapter, ray_session
 
-    started = ray_session.connect(address)
+    _preflight(stages, shards, columns)
+    segments = plan_mod.make_plan(stages)
+    started = ray_session.connect(address, min_cpus=max(ray_adapter.cpus_needed(s.steps) for s in segments))
     try:
         out = os.path.abspath(out)  # workers may run elsewhere: paths must not depend on their cwd
         cluster = ray_session.cluster_resources()
-        segments = plan_mod.make_plan(stages)
+        _check_gpus(stages, cluster, embedded=started and not address)
         stats: dict[str, dict] = {}
         input_rows: dict[int, int] = {}
         for k, seg in enumerate(segments):
@@ -63,6 +66,35 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
     finally:
         if started:
             ray_session.shutdown()
+
+
+def _preflight(stages: list[Stage], shards: list[Shard], columns: dict) -> None:
+    """Mistakes visible from Parquet footers (missing or mistyped columns) fail here, before Ray starts;
+    other formats are checked as they are read, and their errors come back as the same one line."""
+    from pipeline.inputs import assign_uids, canonicalize
+
+    for shard in shards:
+        if shard.format != "parquet":
+            continue
+        try:
+            empty = pq.read_schema(shard.path).empty_table()
+        except Exception as exc:
+            raise WinnowError(f"input {shard.path}: cannot be read as parquet ({str(exc).splitlines()[0]})") from None
+        table = canonicalize(empty, columns, shard.path)
+        if "uid" not in table.column_names:
+            table = table.append_column("uid", assign_uids(table))
+        if stages:
+            stages[0].check_columns(ensure_reject_columns(table).schema, f"input {shard.path}")
+
+
+def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool) -> None:
+    needy = [s.instance_name for s in stages if s.resources.gpus > 0]
+    if needy and not cluster.get("GPU"):
+        if embedded:
+            raise WinnowError(f"stage '{needy[0]}' needs a GPU and this machine has none visible to Ray; "
+                              "run it on a cluster with GPU workers (--address) or pick a CPU setting")
+        print(f"winnow: warning: stage '{needy[0]}' needs a GPU and the cluster has none yet; it waits for "
+              "the autoscaler to add a GPU worker", file=sys.stderr)
 
 
 # -- one segment -------------------------------------------------------------------------------
@@ -113,7 +145,7 @@ def read_dataset(shards: list[Shard], source: tuple, cluster: dict):
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Reading is I/O: it reserves no CPU so the stages' actors can take every core, bounded in number.
     return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow", num_cpus=0,
-                          compute=ray.data.TaskPoolStrategy(size=max(2, int(cluster.get("CPU", 1)))))
+                          compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, int(cluster.get("CPU", 1))))))
 
 
 def _read_batch(batch: pa.Table, source: tuple):

@@ -3,6 +3,7 @@ user errors raised inside workers turned back into one-line WinnowErrors."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from pipeline.errors import WinnowError
@@ -10,8 +11,9 @@ from pipeline.errors import WinnowError
 _REMOTE: dict = {}
 
 
-def connect(address: str | None) -> bool:
-    """Reuse an initialised Ray; else connect to ``address`` or start an embedded local one.
+def connect(address: str | None, min_cpus: float = 0) -> bool:
+    """Reuse an initialised Ray; else connect to ``address`` or start an embedded local one
+    with this machine's CPUs, or ``min_cpus`` logical ones if more (see ray_adapter.cpus_needed).
 
     Returns True when this call started or joined Ray (and so should shut it down).
     """
@@ -26,7 +28,8 @@ def connect(address: str | None) -> bool:
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             # "local" always starts a fresh embedded instance, even when another one runs on this host.
-            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
+                     num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "an embedded local Ray"
         raise WinnowError(f"cannot start or reach Ray ({where}): {_first_line(exc)}") from None
@@ -50,8 +53,23 @@ def _quiet_data() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    ctx.raise_original_map_exception = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    data_logger = logging.getLogger("ray.data")
+    data_logger.setLevel(logging.WARNING)
+    for handler in data_logger.handlers:  # the log file keeps everything; the console only what helps
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not any(isinstance(f, _NoTaskErrorEcho) for f in handler.filters):
+            handler.addFilter(_NoTaskErrorEcho())
+
+
+class _NoTaskErrorEcho(logging.Filter):
+    """Drops Ray Data's console echo of a failed task: the exception itself reaches the caller, which
+    prints it once (a WinnowError as one line, anything else with its worker-side traceback); and the
+    notice that progress bars are off (winnow prints its own progress)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Progress bars disabled"):
+            return False  # we turned them off on purpose
+        return record.levelno < logging.ERROR
 
 
 def shutdown() -> None:
@@ -78,10 +96,14 @@ def remote_task(fn):
 
 def guard(fn):
     """Run ``fn``; a WinnowError raised in a Ray worker comes back as the same one-line error."""
+    from ray.exceptions import RayTaskError
+
     try:
         return fn()
-    except WinnowError:
-        raise
+    except WinnowError as exc:
+        if not isinstance(exc, RayTaskError):  # Ray's copy subclasses WinnowError but reads as a traceback
+            raise
+        raise WinnowError(user_error(exc)) from None
     except Exception as exc:
         message = user_error(exc)
         if message is None:
