@@ -133,9 +133,7 @@ def write_block(table: pa.Table, spec: PassSpec, partial_stage=None) -> pa.Table
     from pipeline.plan import global_partial
 
     meta = {"shard": [], "n": [], "rows": [], "block": [], "stats": [], "partial": [], "done": []}
-    shard_col = table[SHARD].to_numpy()
-    for s in np.unique(shard_col):
-        piece = table.take(pa.array(np.flatnonzero(shard_col == s)))
+    for s, piece in _pieces_by_shard(table):
         n = int(piece[NROWS][0].as_py())
         bs = block_stats(piece, spec)
         view, internal = split_internal(piece)
@@ -144,9 +142,11 @@ def write_block(table: pa.Table, spec: PassSpec, partial_stage=None) -> pa.Table
         done = spec.whole_shards and piece.num_rows == n
         block = None
         if done:
-            order = pc.sort_indices(internal[ROW])
+            rows = internal[ROW].to_numpy()
+            in_order = bool(np.all(rows[1:] > rows[:-1]))  # the usual case: no copy needed
             shard_stats = stage_stats(bs, spec.steps) | ({INPUT_ROWS: {"rows": n}} if spec.first else {})
-            write_shard(spec, stem, view.take(order), shard_stats, [partial] if spec.partials else None)
+            write_shard(spec, stem, view if in_order else view.take(pc.sort_indices(internal[ROW])), shard_stats,
+                        [partial] if spec.partials else None)
         else:
             first_row = int(pc.min(internal[ROW]).as_py())
             block = os.path.join(spec.block_dir, f"{stem}-{first_row:012d}.parquet")
@@ -156,6 +156,18 @@ def write_block(table: pa.Table, spec: PassSpec, partial_stage=None) -> pa.Table
                            ("partial", pickle.dumps(partial) if spec.partials and not done else None)):
             meta[key].append(value)
     return pa.table(meta, schema=META_SCHEMA)
+
+
+def _pieces_by_shard(table: pa.Table):
+    """(shard, rows of that shard) per shard in the block: zero-copy slices when a shard's rows are
+    contiguous (the usual case), a copy only when a batch interleaved shards."""
+    shard_col = table[SHARD].to_numpy()
+    for s in np.unique(shard_col):
+        idx = np.flatnonzero(shard_col == s)
+        if idx[-1] - idx[0] + 1 == len(idx):
+            yield int(s), table.slice(int(idx[0]), len(idx))
+        else:
+            yield int(s), table.take(pa.array(idx))
 
 
 META_SCHEMA = pa.schema([("shard", pa.int32()), ("n", pa.int64()), ("rows", pa.int64()), ("block", pa.string()),

@@ -253,7 +253,7 @@ def test_driver_killed_then_rerun_resumes(sample_dir, tmp_path, reference):
     finally:
         _kill_group(proc)
     assert not (out / "stats.json").exists(), "the run finished before it was killed"
-    done_before = set(glob.glob(os.path.join(out, "work", "seg-0", "part-*.parquet")))
+    done_before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(out, "work", "seg-0", "part-*.parquet"))}
     assert 0 < len(done_before) < 4
     proc = _driver(data, tmp_path / "p.yaml", log)
     try:
@@ -261,4 +261,5 @@ def test_driver_killed_then_rerun_resumes(sample_dir, tmp_path, reference):
     finally:
         _kill_group(proc)
     assert manifest(out).equals(reference["manifest"])
+    assert {p: os.path.getmtime(p) for p in done_before} == done_before  # checkpoints kept, not redone
     assert "basic_filter" in log.read_text()  # per-stage progress lines on stderr
