@@ -191,6 +191,8 @@ def normalize_batch(pixels, spec: PreprocessSpec, dtype=None):
     """
     import torch
 
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = pixels.copy()  # torch refuses to wrap read-only numpy memory (e.g. np.asarray of a PIL image)
     x = torch.as_tensor(pixels)
     if x.shape[-1] == 3 and x.shape[1] != 3:
         x = x.permute(0, 3, 1, 2)
