@@ -3,9 +3,10 @@
 Imported only in the spawned worker processes: it imports img2dataset, which is slow to import
 (torch comes with it), so neither the stage's process nor the stage registry loads it.
 
-* ``SafeDownloader`` is img2dataset's ``Downloader`` (thread pool, retries, X-Robots-Tag, sha256,
-  Parquet writer) that first installs the guarded urllib opener from ``download_safety`` in the
-  worker process, so every connection and redirect hop is checked.
+* ``SafeDownloader`` is img2dataset's ``Downloader`` (thread pool, retries, X-Robots-Tag, sha256)
+  that first installs the guarded urllib opener from ``download_safety`` in the worker process,
+  so every connection and redirect hop is checked.
+* ``ArrowSampleWriter`` is its sample writer: img2dataset's Parquet layout, as Arrow IPC.
 * ``ImageCheck`` stands where img2dataset's Resizer goes: it reads the header, refuses
   decompression bombs before any pixel is decoded, decodes once to catch truncated files, then
   either returns the original bytes untouched or hands over to img2dataset's Resizer.
@@ -13,10 +14,11 @@ Imported only in the spawned worker processes: it imports img2dataset, which is 
 from __future__ import annotations
 
 import io
+import os
 import urllib.request
 
+import pyarrow as pa
 from img2dataset.downloader import Downloader
-from img2dataset.writer import ParquetSampleWriter
 
 from stages.download_safety import NetworkPolicy, build_opener
 
@@ -62,6 +64,35 @@ class ImageCheck:
         return img, rw, rh, ow, oh, None
 
 
+class ArrowSampleWriter:
+    """img2dataset's sample-writer protocol (as its ParquetSampleWriter: one row per URL, the bytes
+    in a column named after encode_format), written as an uncompressed Arrow IPC file in row_id order.
+
+    The stage memory-maps it back: no decode, and when a batch's rows are all downloaded its image
+    column is these files' bytes as they are, without a copy (Parquet would snappy-compress JPEG
+    bytes that do not compress, to be decoded again in the stage's process). Rows arrive in
+    completion order and are held until close() to be written sorted (a shard is at most
+    MAX_SHARD_ROWS images).
+    """
+
+    def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
+        self.schema = schema.append(pa.field(encode_format, pa.binary()))
+        self.column = encode_format
+        self.path = os.path.join(output_folder, f"{shard_id:0{oom_shard_count}d}.arrow")
+        self.rows: list[dict] = []
+
+    def write(self, img_str, key, caption, meta):
+        self.rows.append({**meta, "key": key, self.column: img_str})
+
+    def close(self):
+        self.rows.sort(key=lambda r: r["row_id"])
+        with pa.OSFile(self.path + ".tmp", "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
+            for start in range(0, len(self.rows), 256):
+                writer.write_batch(pa.RecordBatch.from_pylist(self.rows[start:start + 256], schema=self.schema))
+        os.replace(self.path + ".tmp", self.path)  # complete, or absent (then its rows get no_result)
+        self.rows = []
+
+
 def _fail(reason: str, detail: str):
     return None, None, None, None, None, f"winnow:{reason} {detail}"
 
@@ -91,7 +122,7 @@ def make_downloader(policy: NetworkPolicy, output_folder: str, *, threads: int, 
                           encode_format=encode_format, min_image_size=min_image_size)
     return SafeDownloader(
         policy,
-        sample_writer_class=ParquetSampleWriter,
+        sample_writer_class=ArrowSampleWriter,
         resizer=ImageCheck(max_pixels, min_image_size, resizer),
         thread_count=threads,
         save_caption=False,
@@ -111,5 +142,5 @@ def make_downloader(policy: NetworkPolicy, output_folder: str, *, threads: int, 
 
 
 def run_shard(policy: NetworkPolicy, output_folder: str, shard: tuple[int, str], **settings):
-    """One img2dataset shard -> (ok, shard), its Parquet output written to output_folder."""
+    """One img2dataset shard -> (ok, shard), its rows written to output_folder/<shard>.arrow."""
     return make_downloader(policy, output_folder, **settings)(shard)

@@ -1,8 +1,9 @@
 """Download stage: (url, caption) rows -> rows with image bytes, img2dataset doing the fetching.
 
 Each batch is written as img2dataset input shards (row_id, url), run through img2dataset's
-Downloader in a pool of spawned worker processes (each with its own thread pool), and its Parquet
-output is joined back by row_id, so every input row ends with exactly one outcome: the image with
+Downloader in a pool of spawned worker processes (each with its own thread pool), and its output
+(one row per URL, as img2dataset's Parquet writer has it, written as Arrow IPC to be mapped back
+without a decode) is joined back by row_id, so every input row ends with exactly one outcome: the image with
 its sizes and sha256, or a rejection with a precise reason (http_404, timeout, refused_address,
 robots_noai, decode_error, ...; see docs/download.md). Original bytes are kept unless a resize is
 asked. The network policy (http/https only, no internal addresses, per-connection deadline, byte
@@ -21,7 +22,6 @@ import tempfile
 import threading
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import WinnowError
 from stages.base import MapStage, Param, Resources, add_null_columns, set_column
@@ -31,7 +31,7 @@ from stages.download_safety import NetworkPolicy
 
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")
 IMG2DATASET_ROBOTS = ["noai", "noimageai", "noindex", "noimageindex"]
-MAX_SHARD_ROWS = 5000
+MAX_SHARD_ROWS = 2000  # a worker holds one shard's images until it writes them
 OUTPUT_COLUMNS = {"image": pa.binary(), "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(),
                   "original_height": pa.int32(), "sha256": pa.string(), "download_error": pa.string()}
 
@@ -113,13 +113,13 @@ class Download(MapStage):
         n = len(urls)
         reasons = [scheme_refusal(u) for u in urls]
         todo = [i for i in range(n) if reasons[i] is None]
-        parts: list[tuple[list[int], pa.Table]] = []  # (batch positions, their OUTPUT_COLUMNS rows)
+        parts: list[tuple[list[int], pa.Table, list[int]]] = []  # (batch positions, source, source rows)
         if self._previous is not None and todo:
             uids = table["uid"].to_pylist()
             found = self._previous.lookup([uids[i] for i in todo])
             where = {u: k for k, u in enumerate(found["uid"].to_pylist())}
             reused = [i for i in todo if uids[i] in where]
-            parts.append((reused, found.take(pa.array([where[uids[i]] for i in reused], pa.int64()))))
+            parts.append((reused, found, [where[uids[i]] for i in reused]))
             todo = [i for i in todo if uids[i] not in where]
         if todo:
             results = self._download([(i, urls[i].strip()) for i in todo])
@@ -127,11 +127,11 @@ class Download(MapStage):
             statuses, errors = results["status"].to_pylist(), results["error_message"].to_pylist()
             for i in todo:
                 reasons[i] = classify(statuses[pos[i]], errors[pos[i]]) if i in pos else "no_result"
+            failed = [(e or st or "")[:500] if st != "success" else None for st, e in zip(statuses, errors)]
+            results = results.rename_columns(["image" if c == "jpg" else c for c in results.column_names])
             got = [i for i in todo if i in pos]
-            rows = results.take(pa.array([pos[i] for i in got], pa.int64()))
-            failed = [(errors[pos[i]] or statuses[pos[i]] or "")[:500] if reasons[i] else None for i in got]
-            rows = rows.rename_columns(["image" if c == "jpg" else c for c in rows.column_names])
-            parts.append((got, set_column(rows, "download_error", pa.array(failed, pa.string()))))
+            parts.append((got, set_column(results, "download_error", pa.array(failed, pa.string())),
+                          [pos[i] for i in got]))
         return self.reject(_place(table, parts), reasons)
 
     def _download(self, rows: list[tuple[int, str]]) -> pa.Table:
@@ -164,7 +164,7 @@ class Download(MapStage):
         from concurrent.futures import as_completed
         from concurrent.futures.process import BrokenProcessPool
 
-        tables = []
+        tables: dict[int, pa.Table] = {}
         pending = {self._pool.submit(downloader, shard): 1 for shard in shards}
         try:
             while pending:
@@ -172,13 +172,14 @@ class Download(MapStage):
                 attempt = pending.pop(done)
                 ok, (shard_id, path) = done.result()
                 if ok or attempt > 1:
-                    tables.append(_read_results(out_dir, shard_id))
+                    tables[shard_id] = _read_results(out_dir, shard_id)
                 else:
                     pending[self._pool.submit(downloader, (shard_id, path))] = attempt + 1
         except BrokenProcessPool:
             discard_pool(self._pool)
             self._pool = worker_pool(self.worker_count())
-        return pa.concat_tables(tables) if tables else _RESULT_SCHEMA.empty_table()
+        # in shard order, each shard in row order: the rows' own order when every one came back
+        return pa.concat_tables([tables[k] for k in sorted(tables)]) if tables else _RESULT_SCHEMA.empty_table()
 
 
 def _run_shard(*args, **kwargs):
@@ -255,27 +256,33 @@ _RESULT_SCHEMA = pa.schema([("row_id", pa.int64()), ("status", pa.string()), ("e
 
 
 def _read_results(out_dir: str, shard_id: int) -> pa.Table:
-    """One shard's img2dataset Parquet output: a row per URL it finished (failures included)."""
-    path = os.path.join(out_dir, f"{shard_id:05d}.parquet")  # img2dataset's name (oom_shard_count=5)
+    """One shard's img2dataset output, memory-mapped: a row per URL it finished (failures included)."""
+    path = os.path.join(out_dir, f"{shard_id:05d}.arrow")  # ArrowSampleWriter's name (oom_shard_count=5)
     if not os.path.exists(path):
         return _RESULT_SCHEMA.empty_table()
-    return pq.read_table(path, columns=_RESULT_COLUMNS).cast(_RESULT_SCHEMA)
+    # Zero-copy: the mapping outlives the file's removal, and _place copies the rows out once.
+    return pa.ipc.open_file(pa.memory_map(path)).read_all().select(_RESULT_COLUMNS).cast(_RESULT_SCHEMA)
 
 
-def _place(table: pa.Table, parts: list[tuple[list[int], pa.Table]]) -> pa.Table:
-    """Set OUTPUT_COLUMNS on ``table`` from row sets given by batch position (Arrow take, no copies
-    through Python); positions in no part get nulls."""
+def _place(table: pa.Table, parts: list[tuple[list[int], pa.Table, list[int]]]) -> pa.Table:
+    """Set OUTPUT_COLUMNS on ``table``: batch position ``positions[j]`` gets row ``rows[j]`` of its part's
+    source. One Arrow take per column over the (zero-copy) concatenated sources, so the image bytes
+    are copied at most once and never through Python; positions in no part get nulls."""
     import numpy as np
 
     schema = pa.schema(list(OUTPUT_COLUMNS.items()))
     index = np.full(table.num_rows, -1, np.int64)
     offset = 0
-    for positions, rows in parts:
-        index[positions] = np.arange(offset, offset + len(positions))
-        offset += len(positions)
-    source = pa.concat_tables([add_null_columns(rows, OUTPUT_COLUMNS).select(schema.names).cast(schema)
-                               for _, rows in parts] or [schema.empty_table()])
+    for positions, source, rows in parts:
+        index[positions] = offset + np.asarray(rows, np.int64)
+        offset += source.num_rows
+    sources = pa.concat_tables([add_null_columns(source, OUTPUT_COLUMNS).select(schema.names).cast(schema)
+                                for _, source, _ in parts] or [schema.empty_table()])
+    if sources.num_rows == len(index) and np.array_equal(index, np.arange(len(index))):
+        for name in schema.names:  # the usual case, every row downloaded: no copy of the bytes at all
+            table = set_column(table, name, sources[name])
+        return table
     take = pa.array(index, mask=index < 0)
     for name in schema.names:
-        table = set_column(table, name, source[name].take(take))
+        table = set_column(table, name, sources[name].take(take))
     return table

@@ -11,6 +11,7 @@ import os
 import pickle
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -86,7 +87,7 @@ def test_every_hostile_endpoint_ends_with_its_outcome(server, open_stage):
     out, stats = run_stage(open_stage, urls)
     got = out["reject_reason"].to_pylist()
     assert dict(zip(urls, got)) == dict(zip(urls, expected))
-    assert set(out.filter(pa.compute.is_valid(out["reject_reason"]))["reject_stage"].to_pylist()) == {"download"}
+    assert set(out.filter(pc.is_valid(out["reject_reason"]))["reject_stage"].to_pylist()) == {"download"}
     assert stats["rows_in"] == len(urls) and stats["kept"] == expected.count(None)
     # successes carry the original bytes, untouched, with their true sizes and hash
     served = {server.url(p): server.photo_bytes[server.names[1] if p == "/redirect" else server.names[0]]
