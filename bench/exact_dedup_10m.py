@@ -52,6 +52,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -73,20 +78,21 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     cfg = parse_pipeline({"input": src, "write_kept": False,
                           "stages": [{"stage": "dedup_url"}, {"stage": "dedup_image"}]})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     stats = execute(cfg, out, progress=False)
-    ours = time.perf_counter() - t0
+    ours, ours_cpu = time.perf_counter() - t0, cpu_seconds() - c0
     rss = peak_rss_gib()
     for name, st in stats["stages"].items():
         print(f"  {name:<12} in {st['rows_in']:>11,}  rejected {st['rejected']}  {st['seconds']:.0f}s")
-    print(f"ours: {ours:.0f}s end to end ({args.rows / ours:,.0f} rows/s), peak RSS {rss:.2f} GiB "
+    print(f"ours: {ours:.0f}s end to end ({args.rows / ours:,.0f} rows/s; {ours_cpu:.0f} CPU-s), peak RSS {rss:.2f} GiB "
           f"(before the run: {rss_before:.2f} GiB)")
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     table = pq.read_table(src, columns=["uid", "url"])
     survivors = table.group_by("url").aggregate([("uid", "min")])
-    ref = time.perf_counter() - t0
-    print(f"reference pyarrow group_by(raw url).min(uid), in memory: {ref:.0f}s, {survivors.num_rows:,} distinct "
+    ref, ref_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    print(f"reference pyarrow group_by(raw url).min(uid), in memory: {ref:.0f}s ({ref_cpu:.0f} CPU-s), "
+          f"{survivors.num_rows:,} distinct "
           f"raw URLs vs ours {stats['stages']['dedup_url']['kept']:,} after normalisation; "
           f"peak RSS now {peak_rss_gib():.2f} GiB")
     if not args.keep:

@@ -90,6 +90,8 @@ class EmbeddingSource:
             return pa.chunked_array([pa.nulls(len(uids), self._side.schema.field(self.field).type)])
         wanted = (ds.field("uid") >= lo) & (ds.field("uid") <= hi) & ds.field("uid").isin(uids)
         found = self._side.to_table(columns=["uid", self.field], filter=wanted)
+        if found.num_rows == len(uids) and found["uid"].equals(uids):  # same rows, same order: no gather
+            return found[self.field]
         pos = pc.index_in(uids, value_set=found["uid"].combine_chunks())
         return found[self.field].take(pos)  # null positions -> null embeddings
 
@@ -103,20 +105,25 @@ def list_to_matrix(col, where: str) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((n, 0), np.float32), ok
     if not (pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type)):
         raise WinnowError(f"{where}: embeddings must be a list of floats, got {arr.type}")
-    valid = arr.filter(pa.array(ok))
-    flat = valid.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    valid = arr if ok.all() else arr.filter(pa.array(ok))
+    flat = valid.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     d = len(flat) // len(valid)
     if d * len(valid) != len(flat):
         raise WinnowError(f"{where}: embeddings have different lengths")
-    out = np.zeros((n, d), np.float32)
-    out[ok] = normalize(flat.reshape(len(valid), d))
-    ok &= np.isfinite(out).all(axis=1) & (np.abs(out).sum(axis=1) > 0)
+    if ok.all():
+        out = normalize(flat.reshape(n, d))
+    else:
+        out = np.zeros((n, d), np.float32)
+        out[ok] = normalize(flat.reshape(len(valid), d))
+    norms = np.einsum("ij,ij->i", out, out)  # 1 for a good row; 0 (all zeros) or NaN/inf otherwise
+    ok &= np.isfinite(norms) & (norms > 0.5)
     return out, ok
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1)
+    """Rows scaled to unit length (zero rows stay zero); a new float32 array."""
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))[:, None]
+    return (x * (1.0 / np.where(norm > 0, norm, 1))).astype(np.float32, copy=False)
 
 
 def emb_column(vectors: np.ndarray, ok: np.ndarray) -> pa.Array:
@@ -211,8 +218,9 @@ class SemDedupKMeans(GlobalStage):
         if len(x) == 0:
             return {"k": 0, "d": 0, "sample": 0, "centroids": ""}
         k = min(self.n_clusters, len(x))
+        # faiss trains on at most 256 points per centroid (its own seeded subsample of this sample)
         km = faiss.Kmeans(x.shape[1], k, niter=self.niter, spherical=True, seed=self.seed, verbose=False,
-                          max_points_per_centroid=max(256, len(x) // k + 1), min_points_per_centroid=1)
+                          min_points_per_centroid=1)
         km.train(x)
         c = normalize(km.centroids.astype(np.float32))
         return {"k": k, "d": int(x.shape[1]), "sample": len(x),
