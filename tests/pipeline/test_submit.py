@@ -133,3 +133,18 @@ def test_submit_unreachable_cluster_is_one_line(tmp_path, sample_dir):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("winnow: error: --address http://127.0.0.1:"), proc.stderr
+
+
+def test_cluster_yaml_is_a_valid_launcher_config():
+    """cluster.yaml passes Ray's own cluster-launcher schema; head does no work, workers install winnow."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    with open(os.path.join(REPO, "cluster.yaml"), encoding="utf-8") as f:
+        cfg = prepare_config(yaml.safe_load(f))
+    validate_config(cfg)
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    assert {"cpu_worker", "gpu_worker"} <= set(types)
+    assert types["gpu_worker"]["node_config"]["InstanceType"].startswith(("g", "p"))  # an instance with GPUs
+    assert any("pip install" in c and "requirements.txt" in c for c in cfg["setup_commands"])
+    assert any("-e /home/ubuntu/winnow" in c for c in cfg["setup_commands"])
