@@ -17,8 +17,7 @@ from pipeline import stats as stats_mod
 from pipeline.errors import WinnowError
 from pipeline.inputs import Shard, read_shard
 from pipeline.stats import Progress
-from stages.base import (REJECT_REASON, REJECT_STAGE, GlobalStage, GroupStage, Stage, ensure_reject_columns,
-                         set_column)
+from stages.base import GlobalStage, GroupStage, Stage, ensure_reject_columns
 
 
 INPUT_ROWS = "__input__"
@@ -105,43 +104,21 @@ def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard]) -
 
 
 def _group_barrier(stage: GroupStage, out: str, k: int, shards: list[Shard]) -> dict:
-    """Group over the whole run (not per shard): concatenate, decide, split back per shard."""
+    """Group over the whole run (not per shard), then split back per shard."""
     import time
-
-    import pyarrow.compute as pc
 
     done = [part_path(out, k, s).replace(".parquet", ".grouped.parquet") for s in shards]
     stats_path = os.path.join(seg_dir(out, k), f"group-{stage.instance_name}.stats.json")
     if all(os.path.exists(p) for p in done) and os.path.exists(stats_path):
         with open(stats_path, encoding="utf-8") as f:
             return json.load(f)
-    # Only the columns deciding reads travel through the grouping (not image bytes); decisions are
-    # patched back into each shard's full rows afterwards.
-    wanted = stage.decide_columns()
-    patched = None
-    if wanted is not None:
-        patched = [REJECT_STAGE, REJECT_REASON, *stage.produces()]
-        wanted = list(dict.fromkeys(["uid", *stage.group_keys(), *patched, *wanted]))
-    tables = []
-    for s in shards:
-        path = part_path(out, k, s)
-        cols = None if wanted is None else [c for c in wanted if c in pq.read_schema(path).names]
-        tables.append(pq.read_table(path, columns=cols))
-    tagged = [t.append_column("__shard", pa.array([i] * t.num_rows, pa.int32())) for i, t in enumerate(tables)]
-    whole = pa.concat_tables(tagged, promote_options="permissive")
-    del tables, tagged
-    n_live = plan_mod.count_live(whole)
+    # Bounded memory: only the columns deciding reads, hash-partitioned on disk (pipeline/local_group.py).
+    from pipeline.local_group import group_barrier
+
     t0 = time.perf_counter()
-    decided = plan_mod.group_live_rows(stage, whole)
-    st = stats_mod.count_stage(n_live, decided, stage.instance_name, time.perf_counter() - t0)
-    for i, path in enumerate(done):
-        part = decided.filter(pc.equal(decided["__shard"], i)).drop_columns(["__shard"])
-        if patched is not None:  # same rows in the same order: swap in the decided columns
-            full = pq.read_table(part_path(out, k, shards[i]))
-            for col in patched:
-                full = set_column(full, col, part[col].cast(full.schema.field(col).type))
-            part = full
-        outputs.write_parquet_atomic(part, path)
+    st = group_barrier(stage, [part_path(out, k, s) for s in shards], done,
+                       os.path.join(seg_dir(out, k), f"group-{stage.instance_name}.tmp"))
+    st["seconds"] = time.perf_counter() - t0
     outputs.write_json_atomic(st, stats_path)
     return st
 

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
+from pipeline import local_group
 from pipeline.config import parse_pipeline
 from pipeline.errors import WinnowError
 from pipeline.run import execute
@@ -113,9 +114,10 @@ def test_perceptual_dedup_precision_recall_on_coco_copies(tmp_path, planted_pool
         assert manifest[u]["reject_reason"] is None and manifest[u]["phash"] is None and manifest[u]["dup_of"] is None
 
 
-def test_perceptual_decisions_do_not_depend_on_sharding(tmp_path, planted_pool):
+def test_perceptual_decisions_do_not_depend_on_sharding(tmp_path, planted_pool, monkeypatch):
     table = planted_pool[0]
     a = run_pipeline(tmp_path, split(table, 1, seed=5), [{"stage": "dedup_phash", "radius": 10}], "one")
+    monkeypatch.setattr(local_group, "ROWS_PER_PARTITION", 60)  # the on-disk shuffle: 6 hash partitions
     b = run_pipeline(tmp_path, split(table, 4, seed=9)[::-1], [{"stage": "dedup_phash", "radius": 10}], "four")
     assert {u: (r["reject_reason"], r["dup_of"]) for u, r in a.items()} == \
         {u: (r["reject_reason"], r["dup_of"]) for u, r in b.items()}
@@ -191,6 +193,21 @@ def test_exact_dedup_url_then_image_only_live_rows_compete(tmp_path):
     assert m["c"]["reject_reason"] is None  # its image twin b was already gone when images were compared
     assert (m["e"]["reject_reason"], m["e"]["dup_of"]) == ("dup:image", "d")  # no url: image still compared
     assert m["a"]["reject_reason"] is None and m["f"]["reject_reason"] is None
+
+
+def test_exact_dedup_through_many_partitions_equals_one(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    n = 3000
+    t = pa.table({"uid": [f"u{i:05d}" for i in rng.permutation(n)],
+                  "url": [f"http://h.org/{int(v)}.jpg" for v in rng.integers(0, 900, n)],
+                  "score": pa.array(rng.random(n))})
+    stages = [{"stage": "dedup_url", "prefer": "max:score"}]
+    one = run_pipeline(tmp_path, split(t, 3, seed=1), stages, "one")
+    monkeypatch.setattr(local_group, "ROWS_PER_PARTITION", 400)
+    many = run_pipeline(tmp_path, split(t, 5, seed=2), stages, "many")
+    assert {u: (r["reject_reason"], r["dup_of"]) for u, r in one.items()} == \
+        {u: (r["reject_reason"], r["dup_of"]) for u, r in many.items()}
+    assert sum(r["reject_reason"] == "dup:url" for r in one.values()) == n - len(set(t["url"].to_pylist()))
 
 
 def test_exact_dedup_survivor_by_score_and_uid_ties(tmp_path):

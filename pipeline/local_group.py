@@ -1,0 +1,130 @@
+"""The local runner's group barrier in bounded memory: an on-disk hash shuffle of the narrow rows.
+
+Per key of the stage (``group_keys()``, one pass each, in order):
+
+1. **spill**: each shard's live rows that have a key — only the columns deciding reads
+   (``decide_columns()``), plus ``__shard``/``__row`` — are split by a hash of the key into P partition
+   files; P is chosen so a partition holds about ``ROWS_PER_PARTITION`` rows;
+2. **decide**: each partition (every row of a key value is in the same one) is decided with
+   ``plan.group_live_rows`` and its decided columns are written back per shard;
+3. **patch**: each shard's full rows are read once, the decided columns swapped in by ``__row``, written.
+
+Memory is one partition plus one shard, whatever the run's size; a run small enough for one partition
+does exactly what the in-memory barrier did. The Ray runner does the same with Ray Data's shuffle.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import outputs
+from pipeline import plan as plan_mod
+from stages.base import REJECT_REASON, REJECT_STAGE, GroupStage, live_mask
+
+ROWS_PER_PARTITION = 2_000_000
+SHARD, ROW = "__shard", "__row"
+
+
+def group_barrier(stage: GroupStage, parts: list[str], done: list[str], work: str) -> dict:
+    """Decide ``stage`` over every part (one per shard), writing ``done``; returns the stage's counts."""
+    keys = stage.group_keys()
+    patched = [REJECT_STAGE, REJECT_REASON, *stage.produces()]
+    wanted = stage.decide_columns()
+    if wanted is not None:
+        wanted = list(dict.fromkeys(["uid", *keys, *patched, *wanted]))
+    n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    n_parts = max(1, math.ceil(n_rows / ROWS_PER_PARTITION))
+    n_live = sum(plan_mod.count_live(pq.read_table(p, columns=[REJECT_STAGE])) for p in parts)
+    shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted run
+    source = parts
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        target = done if last else [os.path.join(work, f"pass-{i}", f"shard-{s}.parquet") for s in range(len(parts))]
+        decided_dir = os.path.join(work, "decided")
+        _decide_pass(stage, key, source, wanted, n_parts, os.path.join(work, "spill"), decided_dir)
+        for s, (src, dst) in enumerate(zip(source, target)):
+            _patch(src, dst, os.path.join(decided_dir, f"shard-{s}"), patched)
+        shutil.rmtree(decided_dir, ignore_errors=True)
+        if i > 0:
+            shutil.rmtree(os.path.dirname(source[0]), ignore_errors=True)
+        source = target
+    shutil.rmtree(work, ignore_errors=True)
+    rejected: Counter = Counter()
+    for p in done:
+        t = pq.read_table(p, columns=[REJECT_STAGE, REJECT_REASON])
+        rejected.update(t.filter(pc.fill_null(pc.equal(t[REJECT_STAGE], stage.instance_name), False))
+                        [REJECT_REASON].to_pylist())
+    return {"rows_in": n_live, "kept": n_live - sum(rejected.values()), "rejected": dict(sorted(rejected.items()))}
+
+
+def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[str] | None, n_parts: int,
+                 spill: str, decided_dir: str) -> None:
+    in_memory: list[pa.Table] = []  # one partition: no need to spill
+    for s, path in enumerate(source):  # 1. spill live keyed rows, split by key hash
+        names = pq.read_schema(path).names
+        t = pq.read_table(path, columns=None if wanted is None else [c for c in wanted if c in names])
+        t = t.append_column(SHARD, pa.array(np.full(t.num_rows, s, np.int32))).append_column(
+            ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
+        t = t.filter(pc.and_(live_mask(t), pc.is_valid(t[key])))
+        if n_parts == 1:
+            in_memory.append(t)
+            continue
+        part_of = _partition(t[key], n_parts)
+        for p in range(n_parts):
+            piece = t.filter(pa.array(part_of == p))
+            if piece.num_rows:
+                outputs.write_parquet_atomic(piece, os.path.join(spill, f"part-{p}", f"shard-{s}.parquet"))
+    for p in range(n_parts):  # 2. decide each partition, write its decisions per shard
+        pdir = os.path.join(spill, f"part-{p}")
+        if n_parts == 1:
+            pieces, in_memory = in_memory, []
+        elif os.path.isdir(pdir):
+            pieces = [pq.read_table(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))]
+            shutil.rmtree(pdir)
+        else:
+            continue
+        table = pa.concat_tables(pieces, promote_options="permissive")
+        del pieces
+        if table.num_rows == 0:
+            continue
+        decided = plan_mod.group_live_rows(stage, table, key)
+        for s in np.unique(decided[SHARD].to_numpy()):
+            mine = decided.filter(pc.equal(decided[SHARD], int(s)))
+            outputs.write_parquet_atomic(mine, os.path.join(decided_dir, f"shard-{s}", f"part-{p}.parquet"))
+    shutil.rmtree(spill, ignore_errors=True)
+
+
+def _partition(keys: pa.ChunkedArray, n_parts: int) -> np.ndarray:
+    """Partition index per row from a hash of its key (every row of a key value lands in one partition)."""
+    if n_parts == 1:
+        return np.zeros(len(keys), np.int64)
+    import pandas as pd
+
+    values = keys.to_numpy(zero_copy_only=False)
+    if values.dtype == object:
+        values = np.asarray(values, dtype=object)
+    return (pd.util.hash_array(values) % np.uint64(n_parts)).astype(np.int64)
+
+
+def _patch(src: str, dst: str, decided_dir: str, columns: list[str]) -> None:
+    """``src``'s full rows with the decided columns swapped in by ``__row``, written to ``dst``."""
+    full = pq.read_table(src)
+    if os.path.isdir(decided_dir):
+        decided = pa.concat_tables([pq.read_table(os.path.join(decided_dir, f)) for f in sorted(os.listdir(decided_dir))],
+                                   promote_options="permissive")
+        index = np.arange(full.num_rows)
+        index[decided[ROW].to_numpy()] = full.num_rows + np.arange(decided.num_rows)
+        index = pa.array(index)
+        for name in columns:
+            if name in decided.column_names and name in full.column_names:
+                old = full[name].combine_chunks()
+                new = pa.concat_arrays([old, decided[name].cast(old.type).combine_chunks()]).take(index)
+                full = full.set_column(full.schema.get_field_index(name), name, new)
+    outputs.write_parquet_atomic(full, dst)
