@@ -2,8 +2,8 @@
 
 Rows are matched by uid (stable across runs of the same input). A row counts as downloaded when
 its ``sha256`` is set (the download stage sets it only on success); its bytes and sizes are then
-reused without a request. Reads a run dir's ``work/seg-0`` checkpoint (every row with its bytes,
-whatever later stages decided; both runners write it) or ``kept/``, or any Parquet dir/glob.
+reused without a request. Reads a run dir's checkpoint of the download's segment (both runners
+write it) or its ``kept/``, or any Parquet dir/glob.
 """
 from __future__ import annotations
 
@@ -44,20 +44,30 @@ class PreviousDownloads:
         for uid in uids:
             if uid in self.where:
                 by_file.setdefault(self.where[uid], set()).add(uid)
-        schema = SCHEMA
         tables = [pq.read_table(self.files[k], columns=self.COLUMNS, filters=pc.field("uid").isin(list(wanted)))
                   for k, wanted in sorted(by_file.items())]
-        found = pa.concat_tables([t.cast(schema) for t in tables] or [schema.empty_table()])
+        found = pa.concat_tables([t.cast(SCHEMA) for t in tables] or [SCHEMA.empty_table()])
         return found.filter(pc.is_valid(found["image"]))
 
 
 def previous_files(spec: str) -> list[str]:
-    """A run dir's every-row checkpoint (work/seg-0) or kept/; else a dir or glob of Parquet."""
+    """Parquet files holding a previous run's downloads.
+
+    For a run dir: the checkpoint of the segment the download stage ran in (the first ``work/seg-K``
+    whose parts have ``image`` and ``sha256``: segment 0, unless a global stage such as metaclip runs
+    before the download), which has every row that reached it with its bytes whatever later stages
+    decided; failing that, ``kept/``. Otherwise ``spec`` is a directory or glob of Parquet files.
+    """
     if os.path.isfile(os.path.join(spec, "pipeline.json")) or os.path.isdir(os.path.join(spec, "work")):
-        for sub in (os.path.join("work", "seg-0"), "kept"):
-            files = parquet_in(os.path.join(spec, sub))
-            if files:
+        segments = {int(d.rsplit("-", 1)[1]): d for d in glob.glob(os.path.join(spec, "work", "seg-*"))
+                    if d.rsplit("-", 1)[1].isdigit()}
+        for k in sorted(segments):
+            files = parquet_in(segments[k])
+            if files and {"image", "sha256"} <= set(pq.read_schema(files[0]).names):
                 return files
+        files = parquet_in(os.path.join(spec, "kept"))
+        if files:
+            return files
     files = parquet_in(spec) if os.path.isdir(spec) else sorted(glob.glob(spec))
     if not files:
         raise WinnowError(f"previous {spec}: no Parquet files found (expected a run dir, its kept/, or a glob)")

@@ -21,6 +21,7 @@ from pipeline.errors import WinnowError
 from pipeline.plan import Step
 from pipeline.run import execute
 from stages import registry
+from stages.base import GlobalStage
 from stages.download import Download
 from stages.download_previous import previous_files
 from stages.download_reasons import classify, scheme_refusal
@@ -158,9 +159,28 @@ def write_urls(tmp_path, server, shards: dict[str, list[str]]):
     return folder
 
 
-def pipeline(input_dir, **params):
+def pipeline(input_dir, before=(), **params):
     stage = {"stage": "download", "allow_private_networks": True, **FAST, **params}
-    return parse_pipeline({"input": str(input_dir), "stages": [stage]})
+    return parse_pipeline({"input": str(input_dir), "stages": [{"stage": s} for s in before] + [stage]})
+
+
+class CaptionCount(GlobalStage):
+    """A global stage that decides nothing: placed first, it puts the download in segment 1 (as
+    metaclip-400m.yaml does, balancing before downloading)."""
+
+    name = "test_caption_count"
+
+    def partial(self, table):
+        return table.num_rows
+
+    def combine(self, parts):
+        return sum(parts)
+
+    def finalize(self, combined):
+        return {"rows": combined}
+
+    def apply(self, table, artifact):
+        return table
 
 
 def manifest(out) -> pa.Table:
@@ -187,21 +207,22 @@ def test_rerun_skips_downloaded_shards(tmp_path, server):
 
 
 @pytest.mark.timeout(180)
-def test_retry_failed_fetches_only_failed_urls_and_merges(tmp_path, server):
+@pytest.mark.parametrize("before", [(), ("tests.stages.test_download:CaptionCount",)], ids=["seg0", "seg1"])
+def test_retry_failed_fetches_only_failed_urls_and_merges(tmp_path, server, before):
     photos = [f"/img/{i}.jpg" for i in range(300, 304)]
-    urls = write_urls(tmp_path, server, {"a": photos + ["/flaky/retry-a", "/status/404"],
-                                         "b": ["/flaky/retry-b", "/img/305.jpg"]})
+    flaky = [f"/flaky/retry-a-{len(before)}", f"/flaky/retry-b-{len(before)}"]
+    urls = write_urls(tmp_path, server, {"a": photos + [flaky[0], "/status/404"], "b": [flaky[1], "/img/305.jpg"]})
     first_out = str(tmp_path / "first")
-    execute(pipeline(urls), first_out, progress=False)
+    execute(pipeline(urls, before), first_out, progress=False)
     first = manifest(first_out)
     assert sorted(r for r in first["reject_reason"].to_pylist() if r) == ["http_404", "http_5xx", "http_5xx"]
-    before = dict(server.hits)
+    hits_before = dict(server.hits)
 
     second_out = str(tmp_path / "second")
-    execute(pipeline(urls, retry_failed=True, previous=first_out), second_out, progress=False)
+    execute(pipeline(urls, before, retry_failed=True, previous=first_out), second_out, progress=False)
     second = manifest(second_out)
-    new_hits = {p: server.hits[p] - before.get(p, 0) for p in server.hits if server.hits[p] != before.get(p, 0)}
-    assert new_hits == {"/flaky/retry-a": 1, "/flaky/retry-b": 1, "/status/404": 1}  # successes not refetched
+    new_hits = {p: n - hits_before.get(p, 0) for p, n in server.hits.items() if n != hits_before.get(p, 0)}
+    assert new_hits == {flaky[0]: 1, flaky[1]: 1, "/status/404": 1}  # successes not refetched
     assert second["uid"].to_pylist() == first["uid"].to_pylist()  # every row once: merged, not appended
     assert [r for r in second["reject_reason"].to_pylist() if r] == ["http_404"]
     kept = pq.read_table(os.path.join(second_out, "kept"))
