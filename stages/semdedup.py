@@ -33,7 +33,8 @@ SOURCE_PARAMS = (
     Param("embedding_column", str, "", "column holding image embeddings (list/fixed_size_list of floats)"),
     Param("embeddings", str, "", "side dataset of embeddings (Parquet file, directory or glob keyed by uid), "
                                  "e.g. the clip_score stage's; used when embedding_column is empty"),
-    Param("embedding_field", str, "", "embedding column inside the side dataset (default: its only list column)"),
+    Param("embedding_field", str, "", "embedding column inside the side dataset (default: image_embedding, "
+                                      "else its only list column)"),
 )
 
 
@@ -60,6 +61,8 @@ class EmbeddingSource:
             raise WinnowError(f"{self.where}: embeddings {self.side_path}: no 'uid' column")
         lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
                  or pa.types.is_large_list(f.type)]
+        if not self.field and "image_embedding" in lists:  # the clip_score side dataset's image half
+            self.field = "image_embedding"
         if not self.field:
             if len(lists) != 1:
                 raise WinnowError(f"{self.where}: embeddings {self.side_path}: set 'embedding_field' to one of "

@@ -51,9 +51,13 @@ def write_inputs(tmp_path, uids, vecs, n_shards, seed, side: bool):
     if side:
         side_dir = tmp_path / f"side-{n_shards}-{seed}"
         side_dir.mkdir()
-        side_t = pa.table({"uid": uids, "image_embedding": emb})
-        pq.write_table(side_t.slice(0, len(uids) // 2), side_dir / "a.parquet")
-        pq.write_table(side_t.slice(len(uids) // 2), side_dir / "b.parquet")
+        # the clip_score layout: image and text embeddings, files per batch, a retried batch's duplicate file
+        text = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(len(uids) * D, np.float16)), D)
+        side_t = pa.table({"uid": uids, "image_embedding": emb, "text_embedding": text})
+        half = len(uids) // 2
+        pq.write_table(side_t.slice(0, half), side_dir / "part-a.parquet")
+        pq.write_table(side_t.slice(half), side_dir / "part-b.parquet")
+        pq.write_table(side_t.slice(half, 50), side_dir / "part-c.parquet")
         return src, side_dir
     return src, None
 
@@ -195,9 +199,10 @@ def ray_session(request):
 
 @pytest.mark.ray
 def test_local_and_ray_runners_decide_the_same(tmp_path, planted, ray_session):
-    uids, vecs, _ = planted
+    uids, vecs, _ = planted_embeddings(seed=1, n_groups=60, n_single=100)
     src, side = write_inputs(tmp_path, uids, vecs, 3, seed=6, side=True)
     local = run(tmp_path, src, {"embeddings": str(side)}, name="local")
     ray = run(tmp_path, src, {"embeddings": str(side)}, name="ray", runner="ray")
     key = lambda m: {u: (r["reject_reason"], r["dup_of"], r[CLUSTER]) for u, r in m.items()}  # noqa: E731
     assert key(local) == key(ray)
+    assert sum(r["reject_reason"] == "dup:semantic" for r in ray.values()) > 100
