@@ -113,6 +113,40 @@ def greedy_survivors(n: int, i: np.ndarray, j: np.ndarray, dist: np.ndarray | No
     return keep, dup_of
 
 
+def near_duplicates(hashes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """``greedy_survivors`` over every pair within ``radius`` of ``hashes`` (given best first), with
+    identical hashes collapsed before the pair search: a pool's thousands of copies of one placeholder
+    image would otherwise be millions of pairs. Returns (keep, dup_of index or -1); equal to the plain
+    all-pairs result.
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    uniq, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    by_rank = np.argsort(first, kind="stable")  # distinct hashes in the order of their best row
+    rep = first[by_rank]  # that best row, increasing
+    slot = np.empty(len(uniq), np.int64)
+    slot[by_rank] = np.arange(len(uniq))
+    i, j, d = pairs_within(uniq[by_rank], radius)
+    keep_u, dup_u = greedy_survivors(len(rep), i, j, d)
+    keep = np.zeros(len(h), dtype=bool)
+    keep[rep[keep_u]] = True
+    dup_of = np.full(len(h), -1, dtype=np.int64)
+    dup_of[rep[~keep_u]] = rep[dup_u[~keep_u]]
+    u_of = slot[inverse.reshape(-1)]
+    members = np.flatnonzero(~np.isin(np.arange(len(h)), rep))
+    dup_of[members] = rep[u_of[members]]  # distance 0 to their best copy ...
+    lost = members[~keep_u[u_of[members]]]  # ... unless that copy went too: nearest kept better row
+    if len(lost):
+        kept_near: dict[int, list] = {}
+        for a, b, dist in zip(i.tolist(), j.tolist(), d.tolist()):
+            if keep_u[a] and not keep_u[b]:
+                kept_near.setdefault(b, []).append((dist, int(rep[a])))
+            if keep_u[b] and not keep_u[a]:
+                kept_near.setdefault(a, []).append((dist, int(rep[b])))
+        for m in lost.tolist():
+            dup_of[m] = min(c for c in kept_near[int(u_of[m])] if c[1] < m)[1]
+    return keep, dup_of
+
+
 class NearestIndex:
     """Exact nearest reference hash for each query (faiss IndexBinaryFlat: the reference set is small)."""
 

@@ -261,12 +261,11 @@ class PerceptualDedup(GroupStage):
         return ["uid", "phash", *self._bands()] + prefer_columns(self.prefer)
 
     def decide_group(self, group: pa.Table) -> pa.Table:
-        from kernels.hamming import greedy_survivors, pairs_within
+        from kernels.hamming import near_duplicates
 
         order = survivor_order(group, self.prefer)
         hashes = group["phash"].to_numpy()[order]
-        i, j, dist = pairs_within(hashes, self.radius)
-        keep, dup_rank = greedy_survivors(len(order), i, j, dist)
+        keep, dup_rank = near_duplicates(hashes, self.radius)
         dup = np.full(group.num_rows, -1, dtype=np.int64)
         dup[order[~keep]] = order[dup_rank[~keep]]
         return mark_duplicates(self, group, dup, "dup:phash")

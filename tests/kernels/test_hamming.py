@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kernels import hamming
-from kernels.hamming import NearestIndex, band_values, greedy_survivors, pairs_within
+from kernels.hamming import NearestIndex, band_values, greedy_survivors, near_duplicates, pairs_within
 
 
 def _planted(rng, n_base, n_near, max_flip):
@@ -63,6 +63,18 @@ def test_greedy_survivors_keeps_chain_ends_apart():
     keep, dup = greedy_survivors(4, np.array([2, 2, 3]), np.array([0, 1, 2]), np.array([6, 2, 4]))
     assert keep.tolist() == [True, True, False, True]
     assert dup.tolist() == [-1, -1, 1, -1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_collapsing_identical_hashes_changes_nothing(seed):
+    rng = np.random.default_rng(seed)
+    distinct = _planted(rng, 60, 120, max_flip=5)
+    h = distinct[rng.integers(0, len(distinct), 900)]  # many exact repeats, in a random rank order
+    i, j, d = pairs_within(h, 4)
+    assert len(i) > 5000
+    keep_ref, dup_ref = greedy_survivors(len(h), i, j, d)
+    keep, dup = near_duplicates(h, 4)
+    assert (keep == keep_ref).all() and (dup == dup_ref).all()
 
 
 def test_nearest_index_is_exact():
