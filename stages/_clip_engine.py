@@ -47,12 +47,13 @@ def _is_oom(exc: BaseException) -> bool:
 class ClipEngine:
     def __init__(self, specs: dict[str, str], device: str = "auto", precision: str = "auto", model_batch: int = 0,
                  threads: int = 1, draft: bool = True, exif: bool = True, gpu_decode: bool = True,
-                 max_pixels: int = K.DEFAULT_MAX_PIXELS, embeddings: bool = False):
+                 max_pixels: int = K.DEFAULT_MAX_PIXELS, embeddings: bool = False, allow_random: bool = False):
         self.specs = dict(specs)  # column -> model spec; the first is the primary (embeddings, filter)
         self.device_name, self.precision_name = device, precision
         self.model_batch, self.threads = model_batch, max(1, threads)
         self.draft, self.exif, self.gpu_decode, self.max_pixels = draft, exif, gpu_decode, max_pixels
         self.embeddings = embeddings
+        self.allow_random = allow_random  # benchmarks only: real architectures without downloadable weights
 
     # ------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -68,7 +69,8 @@ class ClipEngine:
         self.device = torch.device(want)
         cuda = self.device.type == "cuda"
         precision = self.precision_name if self.precision_name != "auto" else ("fp16" if cuda else "fp32")
-        self.models = {col: models.load_model(spec, device=str(self.device), precision=precision)
+        self.models = {col: models.load_model(spec, device=str(self.device), precision=precision,
+                                              allow_random=self.allow_random)
                        for col, spec in self.specs.items()}
         # one preprocessing per distinct spec; models the kernels cannot reproduce use their own transform
         self.pp_key: dict[str, object] = {}

@@ -232,3 +232,35 @@ def test_provenance_in_pipeline_json(tmp_path, tiny, sample_dir):
     st = stats["stages"]["dfn"]
     assert st["rows_in"] == st["kept"] + sum(st["rejected"].values())
     assert st["rejected"]["below_keep_top"] > 0
+
+
+def test_tensor_decode_path_matches_pil_path(tiny, sample_dir):
+    """The GPU branch (JPEG header -> torchvision decode -> orient -> resize_crop, PIL for the rest) run
+    on CPU tensors: same scores as the PIL path. On a GPU the same branch runs with nvJPEG."""
+    table = pq.read_table(sample_dir / "shard-00003.parquet")
+    rotated = encode(Image.new("RGB", (320, 200), (20, 160, 60)), "JPEG", exif=_exif(8))
+    table = pa.concat_tables([table, pa.table({"uid": ["rot"], "caption": ["a green field"], "image": [rotated]})
+                              .cast(table.select(["uid", "caption", "image"]).schema)], promote_options="permissive")
+    pil = scored(ClipScore(model=tiny, device="cpu", draft=False), table)
+    stage = ClipScore(model=tiny, device="cpu", draft=False)
+    stage.ensure_setup()
+    stage._engine.use_gpu_decode = True  # torchvision's decoder on CPU stands in for nvJPEG
+    tensors = stage.prepare(table)
+    a = pil["clip_score"].to_numpy(zero_copy_only=False)
+    b = tensors["clip_score"].to_numpy(zero_copy_only=False)
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.nanmax(np.abs(a - b)) < 0.01
+    assert pil["clip_score_error"].to_pylist() == tensors["clip_score_error"].to_pylist()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_scores_match_cpu_scores(coco_dir, tiny224):
+    rows = [json.loads(line) for line in (coco_dir / "captions.jsonl").read_text().splitlines()]
+    images = [(coco_dir / r["file"]).read_bytes() for r in rows]
+    table = pa.table({"uid": [r["file"] for r in rows], "image": images, "caption": [r["captions"][0] for r in rows]})
+    cpu = scored(ClipScore(model=tiny224, device="cpu", draft=False), table)["clip_score"].to_numpy()
+    gpu_stage = ClipScore(model=tiny224, device="cuda", precision="fp16")
+    gpu = scored(gpu_stage, table)["clip_score"].to_numpy()
+    assert gpu_stage._engine.use_gpu_decode
+    assert np.abs(gpu - cpu).max() <= 0.01 and spearman(gpu, cpu) >= 0.99
