@@ -35,7 +35,8 @@ def main(args) -> int:
     if "://" not in cfg.input:
         resolved["input"] = os.path.abspath(cfg.input)
     client = _client(args.address)
-    job_id = client.submit_job(
+    job_id = _submit(
+        client,
         entrypoint=f"{_python()} -m pipeline.submit --address auto",
         runtime_env={"working_dir": REPO, "excludes": EXCLUDES,
                      "env_vars": {PIPELINE_ENV: yaml.safe_dump(resolved, sort_keys=False),
@@ -48,6 +49,18 @@ def main(args) -> int:
         print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
         return 0
     return _follow(client, job_id)
+
+
+def _submit(client, **kwargs) -> str:
+    """submit_job, retried for a while when the head's job agent is not up yet (right after `ray up`)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def _client(address: str):

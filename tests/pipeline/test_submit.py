@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,19 +44,25 @@ def cluster(tmp_path):
     gcs_port, dash_port = _free_port(), _free_port()
     short = tempfile.mkdtemp(prefix="wr-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     common = ["--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+
+    def own_ports() -> list[str]:
+        # two nodes on one host (and any other Ray here) must not fight over the agents' default ports
+        return [arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                 "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port",
+                                 "--object-manager-port") for arg in (flag, str(_free_port()))]
     procs = []
     logs = [open(tmp_path / "head.log", "wb"), open(tmp_path / "worker.log", "wb")]
     try:
         procs.append(subprocess.Popen(
             [f"{BIN}/ray", "start", "--head", "--port", str(gcs_port), "--num-cpus", "0", "--include-dashboard",
              "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
-             "--temp-dir", os.path.join(short, "head"), *common],
-            env=_env(), stdout=logs[0], stderr=subprocess.STDOUT, cwd=tmp_path))
+             "--temp-dir", os.path.join(short, "head"), *own_ports(), *common],
+            env=_env(), stdout=logs[0], stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True))
         _wait_for(lambda: _nodes(dash_port) >= 1, 90, "head node", tmp_path / "head.log", procs[0])
         procs.append(subprocess.Popen(
             [f"{BIN}/ray", "start", "--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "2",
-             "--temp-dir", os.path.join(short, "worker"), *common],
-            env=_env(), stdout=logs[1], stderr=subprocess.STDOUT, cwd=tmp_path))
+             "--temp-dir", os.path.join(short, "worker"), *own_ports(), *common],
+            env=_env(), stdout=logs[1], stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True))
         _wait_for(lambda: _nodes(dash_port) >= 2, 90, "worker node", tmp_path / "worker.log", procs[1])
         yield {"dashboard": f"http://127.0.0.1:{dash_port}"}
     finally:
@@ -63,9 +70,14 @@ def cluster(tmp_path):
             p.terminate()
         for p in procs:
             try:
-                p.wait(timeout=60)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                p.kill()
+                pass
+            try:  # then whatever is left of that node (each node is its own process group)
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
         for f in logs:
             f.close()
         shutil.rmtree(short, ignore_errors=True)
