@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.errors import WinnowError
 from stages.base import MapStage, Param, Resources, set_column
 from stages.dedup import DUP_OF, phash_column
-from stages.semdedup import SOURCE_PARAMS, EmbeddingSource, list_to_matrix
+from stages._embeddings import SOURCE_PARAMS, EmbeddingSource, list_to_matrix
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

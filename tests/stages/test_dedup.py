@@ -11,7 +11,8 @@ from pipeline import local_group
 from pipeline.config import parse_pipeline
 from pipeline.errors import WinnowError
 from pipeline.run import execute
-from stages.dedup import PerceptualDedup, UrlDedup, normalize_url, normalize_urls, survivor_order
+from stages._urls import normalize_url, normalize_urls
+from stages.dedup import PerceptualDedup, UrlDedup, survivor_order
 
 # copy kinds the bar applies to (precision >= 0.99, recall >= 0.95), and the harder crops
 EASY = ("jpeg", "resize", "bright", "png", "webp")

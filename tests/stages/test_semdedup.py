@@ -7,8 +7,8 @@ import pytest
 from pipeline.config import parse_pipeline
 from pipeline.errors import WinnowError
 from pipeline.run import execute
-from stages.semdedup import (CENTROID_SIM, CLUSTER, EMB, SemDedup, SemDedupKMeans, emb_column, emb_matrix,
-                             within_cluster_duplicates)
+from stages._embeddings import EMB, emb_column, emb_matrix
+from stages.semdedup import CENTROID_SIM, CLUSTER, SemDedup, SemDedupKMeans, within_cluster_duplicates
 
 D = 96
 
