@@ -43,27 +43,31 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
     if wanted is not None:
         wanted = list(dict.fromkeys(["uid", *keys, REJECT_STAGE, REJECT_REASON, *stage.produces(), *wanted]))
     block_dir = os.path.join(seg_dir(out, k), "blocks-group")
-    source = [part_path(out, k, s) for s in shards]
+    full = [part_path(out, k, s) for s in shards]
+    grouped = [p.replace(".parquet", ".grouped.parquet") for p in full]
+    columns = _present(wanted, full)
     patch = ray_session.remote_task(shard_parts.patch_shard)
     t0 = time.perf_counter()
     totals: dict = {}
+    source = full
     for i, key in enumerate(keys):
+        # With named columns every pass reads and writes only those (a narrow copy of each shard): the
+        # image bytes are rewritten once, at the end, not once per key.
         last = i == len(keys) - 1
-        target = [part_path(out, k, s).replace(".parquet", ".grouped.parquet" if last else f".grouped-{i}.parquet")
-                  for s in shards]  # named from the part, not from the previous pass's output
+        target = grouped if last and columns is None else [p.replace(".parquet", f".grouped-{i}.parquet") for p in full]
         shutil.rmtree(block_dir, ignore_errors=True)
         os.makedirs(block_dir, exist_ok=True)
         spec = shard_parts.PassSpec(seg_dir=seg_dir(out, k), block_dir=block_dir, steps=[(name, "group")],
                                     whole_shards=False, shard_stats=False)
         items = [Shard(p, s.index, "parquet") for p, s in zip(source, shards)]
-        ds = read_dataset(items, ("keyed", key, _present(wanted, source)), cluster)
+        ds = read_dataset(items, ("keyed", key, columns), cluster)
         ds = ray_adapter.group_step(ds, stage, cluster, key, max(1, min(len(shards), MAX_PARTITIONS)))
         tracker = Tracker(spec, f"group {name}" + (f" key {key}" if len(keys) > 1 else ""), len(shards),
                           progress, merge=False)
         tracker.consume(ray_adapter.write_pass(ds, spec))
-        per_shard = ray.get([patch.remote(src, dst, [p["block"] for p in tracker.pieces.get(s.index, [])], name)
-                             for src, dst, s in zip(source, target, shards)])
-        if i > 0:  # an intermediate pass's output
+        per_shard = ray.get([patch.remote(src, dst, [p["block"] for p in tracker.pieces.get(s.index, [])], name,
+                                          columns) for src, dst, s in zip(source, target, shards)])
+        if source is not full:  # the previous pass's narrow copies
             for p in source:
                 os.remove(p)
         st: dict = {}
@@ -73,6 +77,12 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
             st = {**st, "rows_in": totals["rows_in"], "kept": totals["rows_in"] - sum(st["rejected"].values())}
         totals = st
         source = target
+    if columns is not None:  # decisions into the full rows, once
+        decided = [REJECT_STAGE, REJECT_REASON, *stage.produces()]
+        apply = ray_session.remote_task(shard_parts.apply_columns)
+        ray.get([apply.remote(f, n, g, decided) for f, n, g in zip(full, source, grouped)])
+        for p in source:
+            os.remove(p)
     shutil.rmtree(block_dir, ignore_errors=True)
     totals["seconds"] = time.perf_counter() - t0
     outputs.write_json_atomic(totals, stats_path)

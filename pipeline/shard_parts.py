@@ -184,12 +184,14 @@ def merge_blocks(spec: PassSpec, stem: str, blocks: list[str], shard_stats: dict
         os.remove(p)
 
 
-def patch_shard(source: str, target: str, blocks: list[str], stage_name: str) -> dict:
+def patch_shard(source: str, target: str, blocks: list[str], stage_name: str,
+                columns: list[str] | None = None) -> dict:
     """A group pass's decided rows (``__row`` + the columns that travelled) put back into the shard's
-    full rows from ``source``; returns the pass's counts for the shard (local runner's definition)."""
+    rows from ``source`` (``columns`` of them, or all); returns the pass's counts for the shard (the
+    local runner's definition)."""
     from pipeline.plan import count_live
 
-    full = pq.read_table(source)
+    full = pq.read_table(source, columns=columns)
     live_before = count_live(full)
     if blocks:
         decided = pa.concat_tables([pq.read_table(p) for p in blocks], promote_options="permissive")
@@ -208,6 +210,20 @@ def patch_shard(source: str, target: str, blocks: list[str], stage_name: str) ->
     rejected = Counter(full.filter(mask)[REJECT_REASON].to_pylist())
     return {"rows_in": live_before, "kept": live_before - sum(rejected.values()),
             "rejected": dict(sorted(rejected.items())), "seconds": 0.0}
+
+
+def apply_columns(full_path: str, narrow_path: str, target: str, columns: list[str]) -> None:
+    """The shard's full rows with ``columns`` taken from its narrow decided copy (same rows, same order)."""
+    from stages.base import set_column
+
+    full, narrow = pq.read_table(full_path), pq.read_table(narrow_path)
+    for name in columns:
+        if name in narrow.column_names:
+            values = narrow[name]
+            if name in full.column_names:
+                values = values.cast(full.schema.field(name).type)
+            full = set_column(full, name, values)
+    outputs.write_parquet_atomic(full, target)
 
 
 def write_shard(spec: PassSpec, stem: str, table: pa.Table, shard_stats: dict | None, partials: list | None) -> None:

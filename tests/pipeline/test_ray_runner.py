@@ -74,6 +74,9 @@ class CaptionDup(GroupStage):
     def prepare(self, table):
         return set_column(table, "caption_key", pc.utf8_lower(pc.utf8_trim_whitespace(table["caption"])))
 
+    def decide_columns(self):  # only uid + key + decisions travel through the shuffle, not image bytes
+        return ["uid"]
+
     def decide_group(self, group):
         first = group["uid"][0].as_py()  # groups come sorted by key, then uid
         dup = [None] + [first] * (group.num_rows - 1)
