@@ -8,21 +8,24 @@ connections
 * resolve the host themselves, refuse the whole request if any resolved address is private,
   loopback, link-local (or never-routable) and then connect to the very address they checked, so a
   second DNS answer cannot swap it (every redirect hop opens a new connection and is checked again);
-* carry a hard deadline per connection (a timer shuts the socket down), so a server that dribbles
+* carry a hard deadline per connection (a watchdog thread shuts the socket down), so a server that dribbles
   headers or a body forever cannot hold a thread past it;
 * stop reading a body past ``max_bytes`` (Content-Length checked first, then the bytes counted);
 * only speak http and https: no proxy, file, ftp or data handlers are installed, and redirects to
   other schemes are refused.
 
 Errors carry a ``winnow:<reason>`` prefix so the stage can turn img2dataset's error strings back
-into precise rejection reasons (see ``classify``). Standard library only: this module is imported
+into precise rejection reasons (see download_reasons.py). Standard library only: this module is imported
 by the stage registry and must stay light.
 """
 from __future__ import annotations
 
 import functools
+import heapq
 import http.client
 import ipaddress
+import itertools
+import os
 import socket
 import threading
 import time
@@ -117,24 +120,22 @@ def _connect_checked(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_add
 
 
 class _Deadline:
-    """Shuts a connection's socket down when its time is up, so blocked reads return."""
+    """A connection's time limit; once armed, the watchdog shuts its socket down when time is up."""
 
     def __init__(self, seconds: float):
-        self.seconds = seconds
         self.at = time.monotonic() + seconds
         self.expired = False
+        self.done = False
         self.sock = None
-        self._timer = None
 
     def start(self, sock) -> None:
-        """Arm the timer for ``sock`` (the socket reads go through, after any TLS wrapping)."""
+        """Arm for ``sock`` (the socket reads go through, after any TLS wrapping)."""
         self.sock = sock
-        if self._timer is None:
-            self._timer = threading.Timer(max(0.0, self.at - time.monotonic()), self._expire)
-            self._timer.daemon = True
-            self._timer.start()
+        _WATCHDOG.watch(self)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        if self.done:
+            return
         self.expired = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -146,8 +147,37 @@ class _Deadline:
             raise PolicyError("timeout", "download deadline exceeded")
 
     def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self.done = True
+
+
+class _Watchdog:
+    """One thread per process expiring deadlines in time order (not a timer thread per request)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._count = itertools.count()
+        self._pid = None
+
+    def watch(self, deadline: _Deadline) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # first use in this process (a forked child has no thread)
+                self._pid, self._heap = os.getpid(), []
+                threading.Thread(target=self._run, name="winnow-download-deadlines", daemon=True).start()
+            heapq.heappush(self._heap, (deadline.at, next(self._count), deadline))
+            if self._heap[0][2] is deadline:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(max(0.0, self._heap[0][0] - time.monotonic()) if self._heap else None)
+                _, _, deadline = heapq.heappop(self._heap)
+            deadline.expire()  # a cancelled (finished) one does nothing
+
+
+_WATCHDOG = _Watchdog()
 
 
 class BoundedResponse(http.client.HTTPResponse):
@@ -242,8 +272,8 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, policy: NetworkPolicy):
-        super().__init__()
+    def __init__(self, policy: NetworkPolicy, context=None):
+        super().__init__(context=context)
         self.policy = policy
 
     def https_open(self, req):
@@ -265,10 +295,13 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def build_opener(policy: NetworkPolicy) -> urllib.request.OpenerDirector:
-    """An opener with only guarded http/https handlers: no proxies, files, ftp or data URLs."""
+def build_opener(policy: NetworkPolicy, ssl_context=None) -> urllib.request.OpenerDirector:
+    """An opener with only guarded http/https handlers: no proxies, files, ftp or data URLs.
+
+    ``ssl_context`` defaults to the system's verified one (tests pass one trusting their own CA).
+    """
     opener = urllib.request.OpenerDirector()
-    for handler in (_HTTPHandler(policy), _HTTPSHandler(policy), _RedirectHandler(policy.max_redirects),
+    for handler in (_HTTPHandler(policy), _HTTPSHandler(policy, ssl_context), _RedirectHandler(policy.max_redirects),
                     urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(),
                     urllib.request.UnknownHandler()):
         opener.add_handler(handler)

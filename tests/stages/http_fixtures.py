@@ -10,6 +10,7 @@ Content-Length), /html, /truncated.jpg, /empty, /bomb.png (30000x30000), /redire
 /redirect-unspecified (to 0.0.0.0, refused even when private networks are allowed),
 /redirect-file (to file:///etc/passwd), /robots (X-Robots-Tag: noai), /robots-other-bot
 (a noai aimed at another crawler), /flaky/<key> (503 the first time, the photo afterwards).
+With ``tls=(certfile, keyfile)`` the same paths are served over https.
 """
 from __future__ import annotations
 
@@ -38,13 +39,15 @@ def bomb_png(side: int = 30000) -> bytes:
 
 
 class FixtureServer:
-    def __init__(self, coco_dir, slow_s: float = 3.0, endless_s: float = 15.0, huge_bytes: int = 64 << 20):
+    def __init__(self, coco_dir, slow_s: float = 3.0, endless_s: float = 15.0, huge_bytes: int = 64 << 20,
+                 tls: tuple[str, str] | None = None):
         self.photos = sorted(pathlib.Path(coco_dir).glob("*.jpg"))
         if not self.photos:
             raise FileNotFoundError(f"no .jpg photos in {coco_dir}")
         self.photo_bytes = {p.name: p.read_bytes() for p in self.photos}
         self.names = [p.name for p in self.photos]
         self.slow_s, self.endless_s, self.huge_bytes = slow_s, endless_s, huge_bytes
+        self.tls = tls  # (certfile, keyfile): serve https
         self.hits: Counter = Counter()
         self._lock = threading.Lock()
         self.stopping = threading.Event()
@@ -64,6 +67,13 @@ class FixtureServer:
             daemon_threads = True
 
         self._httpd = Server(("127.0.0.1", 0), Handler)
+        if self.tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*self.tls)
+            # handshake in the handler thread, not in the accept loop a silent client could block
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         daemon=True)
         self._thread.start()
@@ -87,7 +97,7 @@ class FixtureServer:
         return self._httpd.server_address[1]
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     def count(self, path: str) -> None:
         with self._lock:

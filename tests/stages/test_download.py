@@ -9,6 +9,11 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +30,7 @@ from stages.base import GlobalStage
 from stages.download import Download
 from stages.download_previous import previous_files
 from stages.download_reasons import classify, scheme_refusal
-from stages.download_safety import address_refusal
+from stages.download_safety import NetworkPolicy, PolicyError, address_refusal, build_opener
 from tests.stages.http_fixtures import FixtureServer
 
 # Generous enough for a loaded 2-core CI box; /slow and /endless outlast them by far.
@@ -250,6 +255,39 @@ def test_local_and_ray_runners_give_the_same_manifest(tmp_path, server, request)
     local, ray = manifest(tmp_path / "local"), manifest(tmp_path / "ray")
     assert local.num_rows == len(paths)
     assert ray.select(cols).to_pylist() == local.select(cols).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (openssl CLI)."""
+    openssl = shutil.which("openssl") or pytest.skip("openssl not found")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.timeout(120)
+def test_https_goes_through_the_same_guards(coco_dir, tls_files, open_stage):
+    with FixtureServer(coco_dir, endless_s=20.0, tls=tls_files) as srv:
+        photo = f"/coco/{srv.names[0]}"
+        trusting = ssl.create_default_context(cafile=tls_files[0])
+        opener = build_opener(NetworkPolicy(True, 5_000_000, 2.0, 10), trusting)
+        assert opener.open(srv.url(photo), timeout=2).read() == srv.photo_bytes[srv.names[0]]
+        t0 = time.monotonic()
+        with pytest.raises(PolicyError, match="winnow:timeout"):  # TLS records keep coming: the deadline cuts
+            opener.open(srv.url("/endless"), timeout=2).read()
+        assert time.monotonic() - t0 < 8
+        with pytest.raises(PolicyError, match="winnow:too_large"):
+            opener.open(srv.url("/huge"), timeout=2).read()
+        refusing = build_opener(NetworkPolicy(False, 0, 2.0, 10), trusting)
+        with pytest.raises(urllib.error.URLError, match="winnow:refused_address"):
+            refusing.open(srv.url(photo), timeout=2)
+        # through the stage, with the system's trust store: a self-signed certificate is refused
+        out, _ = run_stage(open_stage, [srv.url(photo)])
+        assert out["reject_reason"].to_pylist() == ["tls_error"]
 
 
 def test_address_policy():
