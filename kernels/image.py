@@ -209,7 +209,7 @@ class JpegInfo:
     height: int
     components: int
     orientation: int
-    gpu_ok: bool  # baseline/extended/progressive, 8-bit, gray or YCbCr: what nvJPEG decodes
+    gpu_ok: bool  # 8-bit sequential (baseline/extended) Huffman, gray or YCbCr: what we send to nvJPEG
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -240,7 +240,8 @@ def jpeg_info(data: bytes | None) -> JpegInfo | None:
             if len(seg) < 6:
                 return None
             height, width, comps = (seg[1] << 8) | seg[2], (seg[3] << 8) | seg[4], seg[5]
-            ok = marker in (0xC0, 0xC1, 0xC2) and seg[0] == 8 and comps in (1, 3) and width > 0 and height > 0
+            # sequential Huffman JPEGs only: progressive ones go to PIL (nvJPEG's batched path is for baseline)
+            ok = marker in (0xC0, 0xC1) and seg[0] == 8 and comps in (1, 3) and width > 0 and height > 0
             return JpegInfo(width, height, comps, orientation, ok)
         pos += 2 + seglen
     return None

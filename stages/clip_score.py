@@ -38,6 +38,7 @@ GRID = 1_000_000  # scores are compared for keep_top on a 1e-6 grid: exact, merg
 DEFAULT_CLIP = "open_clip:ViT-L-14/openai"  # DataComp's CLIP-score filter model
 DEFAULT_DFN = "open_clip:hf-hub:apple/DFN2B-CLIP-ViT-L-14"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+RESERVED = {"uid", "url", "caption", "image", "width", "height", "reject_stage", "reject_reason"}
 
 
 def _params(model: str, keep_top: float) -> tuple[Param, ...]:
@@ -83,6 +84,9 @@ class ClipScore(GlobalStage):
         self.model_columns = {self.score_column: self.config["model"], **self.extra_models}
         if len(set(self.model_columns)) != 1 + len(self.extra_models) or self.error_column in self.model_columns:
             raise WinnowError(f"{where}: extra_models column names must differ from '{self.score_column}'")
+        taken = sorted(set(self.model_columns) & RESERVED)
+        if taken:
+            raise WinnowError(f"{where}: score column '{taken[0]}' would overwrite a canonical column")
         for col, spec in self.model_columns.items():
             if not isinstance(spec, str) or not col:
                 raise WinnowError(f"{where}: extra_models must map column names to model spec strings")
@@ -97,6 +101,12 @@ class ClipScore(GlobalStage):
         if gpus is None:
             gpus = 1.0 if self.device != "cpu" and _gpu_visible() else 0.0
         self.resources = Resources(cpus=self.cpus, gpus=gpus)
+
+    def __getstate__(self):  # a set-up stage ships to workers without its models and threads
+        state = dict(self.__dict__)
+        state.pop("_engine", None)
+        state["_ready"] = False
+        return state
 
     def produces(self) -> dict:
         return {**{col: pa.float32() for col in self.model_columns}, self.error_column: pa.string()}

@@ -31,7 +31,7 @@ def test_trained_filter_ranks_matched_pairs_above_swapped_ones(tmp_path, capsys)
     hq[train.stop:] = False  # the clean training set: matched, problem-free rows of the training split
     pq.write_table(samples.filter(pa.array(hq)), tmp_path / "hq.parquet")
     code, out, err = run_cli(capsys, "train-dfn", "--data", tmp_path / "hq.parquet", "--model", "open_clip:winnow-tiny",
-                             "--output", tmp_path / "dfn.pt", "--steps", 200, "--batch-size", 64, "--lr", 2e-3,
+                             "--output", tmp_path / "dfn.pt", "--steps", 150, "--batch-size", 64, "--lr", 3e-3,
                              "--seed", 0)
     assert code == 0, err
     spec = out.strip().splitlines()[-1].removeprefix("use it as: ")

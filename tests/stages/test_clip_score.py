@@ -48,6 +48,7 @@ def test_registered_with_columns_named_by_instance(tiny):
     ({"model": "open_clip:NoSuchNet/x"}, "unknown open_clip architecture"),
     ({"model": "open_clip:ViT-B-32/nope"}, "unknown pretrained tag"),
     ({"extra_models": {"clip_score": "open_clip:ViT-B-32/openai"}}, "extra_models"),
+    ({"extra_models": {"caption": "open_clip:ViT-B-32/openai"}}, "canonical column"),
 ])
 def test_bad_parameters_fail_at_config_time(tiny, params, needle):
     with pytest.raises(WinnowError, match=needle):
@@ -264,3 +265,23 @@ def test_gpu_scores_match_cpu_scores(coco_dir, tiny224):
     gpu = scored(gpu_stage, table)["clip_score"].to_numpy()
     assert gpu_stage._engine.use_gpu_decode
     assert np.abs(gpu - cpu).max() <= 0.01 and spearman(gpu, cpu) >= 0.99
+
+
+@pytest.mark.parametrize("name", ["datacomp-clip-score.yaml", "dfn-2b.yaml"])
+def test_example_configs_validate(name):
+    from pipeline.config import load_pipeline
+    from tests.conftest import REPO
+
+    cfg = load_pipeline(str(REPO / "examples" / name))
+    stage = cfg.build_stages()[-1]
+    assert isinstance(stage, ClipScore) and stage.keep_top in (0.3, 0.15)
+
+
+def test_set_up_stage_pickles_for_workers(tiny, sample_dir):
+    import pickle
+
+    stage = ClipScore(model=tiny, device="cpu")
+    stage.ensure_setup()
+    clone = pickle.loads(pickle.dumps(stage))  # what shipping it to a Ray actor does
+    table = pq.read_table(sample_dir / "shard-00000.parquet").slice(0, 24)
+    assert scored(clone, table)["clip_score"].to_pylist() == stage.prepare(table)["clip_score"].to_pylist()
