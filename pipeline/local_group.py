@@ -48,7 +48,7 @@ def group_barrier(stage: GroupStage, parts: list[str], done: list[str], work: st
         last = i == len(keys) - 1
         target = done if last else [os.path.join(work, f"pass-{i}", f"shard-{s}.parquet") for s in range(len(parts))]
         decided_dir = os.path.join(work, "decided")
-        _decide_pass(stage, key, source, wanted, n_parts, os.path.join(work, "spill"), decided_dir)
+        _decide_pass(stage, key, source, wanted, patched, n_parts, os.path.join(work, "spill"), decided_dir)
         for s, (src, dst) in enumerate(zip(source, target)):
             _patch(src, dst, os.path.join(decided_dir, f"shard-{s}"), patched)
         shutil.rmtree(decided_dir, ignore_errors=True)
@@ -64,8 +64,8 @@ def group_barrier(stage: GroupStage, parts: list[str], done: list[str], work: st
     return {"rows_in": n_live, "kept": n_live - sum(rejected.values()), "rejected": dict(sorted(rejected.items()))}
 
 
-def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[str] | None, n_parts: int,
-                 spill: str, decided_dir: str) -> None:
+def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[str] | None, patched: list[str],
+                 n_parts: int, spill: str, decided_dir: str) -> None:
     in_memory: list[pa.Table] = []  # one partition: no need to spill
     for s, path in enumerate(source):  # 1. spill live keyed rows, split by key hash
         names = pq.read_schema(path).names
@@ -95,6 +95,7 @@ def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[st
         if table.num_rows == 0:
             continue
         decided = plan_mod.group_live_rows(stage, table, key)
+        decided = decided.select([c for c in [SHARD, ROW, *patched] if c in decided.column_names])
         for s in np.unique(decided[SHARD].to_numpy()):
             mine = decided.filter(pc.equal(decided[SHARD], int(s)))
             outputs.write_parquet_atomic(mine, os.path.join(decided_dir, f"shard-{s}", f"part-{p}.parquet"))
