@@ -27,7 +27,11 @@ class StepRunner:
     def __call__(self, batch: pa.Table) -> pa.Table:
         view, internal = shard_parts.split_internal(batch)
         t0 = time.perf_counter()
-        out, _ = self.step.run(view)  # counts are derived from the rows at the end of the pass
+        size = max(1, self.step.stage.batch_size)
+        # counts are derived from the rows at the end of the pass; the stage sees at most batch_size rows
+        outs = [self.step.run(view.slice(i, size))[0] for i in range(0, view.num_rows, size)]
+        outs = outs or [self.step.run(view)[0]]
+        out = outs[0] if len(outs) == 1 else pa.concat_tables(outs, promote_options="permissive")
         out = shard_parts.add_seconds(shard_parts.join_internal(out, internal), self.index,
                                       time.perf_counter() - t0)
         if self.spec is None:
@@ -102,10 +106,17 @@ def _ray_args(stage: Stage, cluster: dict, runner) -> dict:
 
 
 def map_step(ds, step: Step, index: int, cluster: dict, spec: shard_parts.PassSpec | None = None):
-    """``ds`` with ``step`` applied (and the pass written, when ``spec`` is given)."""
+    """``ds`` with ``step`` applied (and the pass written, when ``spec`` is given).
+
+    CPU stages take whole blocks (a shard, or a piece of one up to Ray Data's block size) and see
+    them in slices of their batch size: blocks stay aligned with shards, so most shards are written
+    whole where they are, with no batch assembled from several blocks. GPU stages get Ray Data batches
+    of exactly their batch size (Ray Data requires it, and prefetches them).
+    """
     args = _ray_args(step.stage, cluster, StepRunner(step, index, spec))
     fn = args.pop("fn")
-    return ds.map_batches(fn, batch_size=step.stage.batch_size, **args)
+    batch_size = step.stage.batch_size if step.stage.resources.gpus > 0 else None
+    return ds.map_batches(fn, batch_size=batch_size, **args)
 
 
 def group_step(ds, stage: GroupStage, cluster: dict, key: str, num_partitions: int):

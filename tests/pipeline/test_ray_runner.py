@@ -242,7 +242,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def test_driver_killed_then_rerun_resumes(sample_dir, tmp_path, reference):
     """`winnow run` (embedded Ray, no --address) SIGKILLed after its first checkpoint, then rerun."""
     out = tmp_path / "out"
-    data = pipeline(sample_dir, out, delay=0.3)
+    data = pipeline(sample_dir, out, delay=0.1)
     log = tmp_path / "driver.log"
     proc = _driver(data, tmp_path / "p.yaml", log)
     try:
