@@ -70,6 +70,7 @@ class ClipScore(GlobalStage):
     help = "CLIP score of each image-caption pair; filter by min_score and/or keep_top (global fraction)"
     params = _params(DEFAULT_CLIP, 0.0)
     requires = ("image", "caption")
+    resources = Resources(cpus=2.0, gpus=1.0)  # the typical worker; each instance resolves its own in validate()
     batch_size = 2048
     stateful = True
 
