@@ -7,7 +7,6 @@ import torch
 
 from pipeline import models
 from pipeline.errors import WinnowError
-from tests.pipeline.test_cli import assert_one_line_error, winnow
 from tests.tiny_clip import tiny_checkpoint
 
 
@@ -93,7 +92,14 @@ def test_model_not_available_offline_is_one_line():
     assert "not available offline" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_cli_model_unavailable_offline(sample_dir, tmp_path):
-    proc = winnow("stage", "clip_score", "--input", sample_dir / "shard-00000.parquet", "--output", tmp_path,
-                  "--set", "model=open_clip:ViT-B-32/laion2b_s34b_b79k", "--set", "device=cpu", "--quiet")
-    assert_one_line_error(proc, "not available offline", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+def test_cli_model_unavailable_offline(sample_dir, tmp_path, capsys):
+    """The real CLI entry point, in-process (a subprocess would only add another open_clip import)."""
+    from pipeline import cli
+
+    code = cli.main(["stage", "clip_score", "--input", str(sample_dir / "shard-00000.parquet"), "--output",
+                     str(tmp_path), "--set", "model=open_clip:ViT-B-32/laion2b_s34b_b79k", "--set", "device=cpu",
+                     "--quiet"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("winnow: error:"), err
+    assert "not available offline" in lines[0] and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in lines[0]
