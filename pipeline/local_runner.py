@@ -96,11 +96,16 @@ def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard]) -
             return json.load(f)
     parts = [plan_mod.global_partial(stage, pq.read_table(part_path(out, k, s))) for s in shards]
     artifact = stage.finalize(stage.combine(parts))
+    save_artifact(stage, artifact, path)
+    return artifact
+
+
+def save_artifact(stage: GlobalStage, artifact: dict, path: str) -> None:
+    """Write a barrier's artifact; shared by both runners so their OUT/artifacts/ are the same."""
     write_sidecars = getattr(stage, "write_artifacts", None)
     if write_sidecars is not None:  # optional extra files (e.g. Parquet tables), before the JSON marks completion
         write_sidecars(artifact, os.path.dirname(path))
     outputs.write_json_atomic(artifact, path)
-    return artifact
 
 
 def _group_barrier(stage: GroupStage, out: str, k: int, shards: list[Shard]) -> dict:

@@ -24,7 +24,7 @@ from pipeline import outputs, plan as plan_mod, shard_parts
 from pipeline import stats as stats_mod
 from pipeline.errors import WinnowError
 from pipeline.inputs import Shard, read_shard
-from pipeline.local_runner import INPUT_ROWS, _final_part, artifact_path, part_path, seg_dir
+from pipeline.local_runner import INPUT_ROWS, _final_part, artifact_path, part_path, save_artifact, seg_dir
 from pipeline.stats import Progress
 from pipeline.ray_group import group_pass
 from pipeline.ray_tracker import Tracker
@@ -183,5 +183,5 @@ def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard]) -
             return json.load(f)
     parts = [p for s in shards for p in shard_parts.read_partials(seg_dir(out, k), s.stem)]
     artifact = stage.finalize(stage.combine(parts))
-    outputs.write_json_atomic(artifact, path)
+    save_artifact(stage, artifact, path)
     return artifact

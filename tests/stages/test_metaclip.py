@@ -132,6 +132,8 @@ def test_ray_runner_keeps_the_same_rows(tmp_path, wordnet, reference, ray_local)
     assert a_ray["t"] == a_local["t"]
     assert _kept(ray) == _kept(local)
     assert ray["metaclip_entries"].to_pylist() == local["metaclip_entries"].to_pylist()
+    sidecar = "artifacts/metaclip.entries.parquet"  # both runners write the per-entry table
+    assert pq.read_table(tmp_path / "ray" / sidecar).equals(pq.read_table(tmp_path / "local" / sidecar))
 
 
 def test_per_language_thresholds_follow_metaclip2(tmp_path):
