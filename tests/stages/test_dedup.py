@@ -117,9 +117,9 @@ def test_perceptual_dedup_precision_recall_on_coco_copies(tmp_path, planted_pool
 
 def test_perceptual_decisions_do_not_depend_on_sharding(tmp_path, planted_pool, monkeypatch):
     table = planted_pool[0]
-    a = run_pipeline(tmp_path, split(table, 1, seed=5), [{"stage": "dedup_phash", "radius": 10}], "one")
+    a = run_pipeline(tmp_path, split(table, 1, seed=5), [{"stage": "dedup_phash", "radius": 8}], "one")
     monkeypatch.setattr(local_group, "ROWS_PER_PARTITION", 60)  # the on-disk shuffle: 6 hash partitions
-    b = run_pipeline(tmp_path, split(table, 4, seed=9)[::-1], [{"stage": "dedup_phash", "radius": 10}], "four")
+    b = run_pipeline(tmp_path, split(table, 4, seed=9)[::-1], [{"stage": "dedup_phash", "radius": 8}], "four")
     assert {u: (r["reject_reason"], r["dup_of"]) for u, r in a.items()} == \
         {u: (r["reject_reason"], r["dup_of"]) for u, r in b.items()}
     assert sum(r["reject_reason"] == "dup:phash" for r in a.values()) > 250
@@ -128,7 +128,7 @@ def test_perceptual_decisions_do_not_depend_on_sharding(tmp_path, planted_pool, 
 def test_larger_radius_finds_more_crops(tmp_path, planted_pool):
     table, source, kinds = planted_pool
     small = run_pipeline(tmp_path, [table], [{"stage": "dedup_phash", "radius": 2}], "r2")
-    large = run_pipeline(tmp_path, [table], [{"stage": "dedup_phash", "radius": 12}], "r12")
+    large = run_pipeline(tmp_path, [table], [{"stage": "dedup_phash", "radius": 10}], "r10")
     p_small, r_small = perceptual_metrics(small, source, kinds)
     p_large, r_large = perceptual_metrics(large, source, kinds)
     assert r_large["crop"] > r_small["crop"]
