@@ -285,3 +285,21 @@ def test_set_up_stage_pickles_for_workers(tiny, sample_dir):
     clone = pickle.loads(pickle.dumps(stage))  # what shipping it to a Ray actor does
     table = pq.read_table(sample_dir / "shard-00000.parquet").slice(0, 24)
     assert scored(clone, table)["clip_score"].to_pylist() == stage.prepare(table)["clip_score"].to_pylist()
+
+
+@pytest.mark.ray
+def test_ray_runner_gives_the_local_decisions(ray_local, tiny, sample_dir, tmp_path):
+    """Pickled to actors, resources from the instance, embeddings under the run dir: same result as local."""
+    runs = {}
+    for runner in ("local", "ray"):
+        cfg = parse_pipeline({"input": str(sample_dir / "shard-0000[01].parquet"), "stages": [
+            {"stage": "clip_score", "model": tiny, "keep_top": 0.4, "device": "cpu", "cpus": 1,
+             "embeddings_dir": "emb"}]})
+        execute(cfg, str(tmp_path / runner), runner=runner, progress=False)
+        runs[runner] = tmp_path / runner
+    local, ray = (pq.read_table(runs[r] / "manifest").sort_by("uid") for r in ("local", "ray"))
+    assert local["reject_reason"].to_pylist() == ray["reject_reason"].to_pylist()
+    assert (runs["local"] / "artifacts" / "clip_score.json").read_text() == \
+        (runs["ray"] / "artifacts" / "clip_score.json").read_text()
+    emb = {r: sorted(pq.read_table(runs[r] / "emb")["uid"].to_pylist()) for r in runs}
+    assert emb["local"] == emb["ray"] and len(emb["ray"]) > 150
