@@ -112,6 +112,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, default=32)
     ap.add_argument("--rows-per-shard", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="alternate the two runs this many times and keep each one's fastest (damps other load)")
     ap.add_argument("--keep", help="work directory to keep (default: a temporary one, removed)")
     args = ap.parse_args()
     work = args.keep or tempfile.mkdtemp(prefix="winnow-bench-")
@@ -127,14 +129,18 @@ def main() -> int:
             text = f.read()
         with open(pipeline, "w", encoding="utf-8") as f:
             f.write(text.replace("input: sample/", f"input: {data}/"))
-        results = {}
-        for runner in ("local", "ray"):
-            out = os.path.join(work, f"out-{runner}")
-            shutil.rmtree(out, ignore_errors=True)
-            results[runner] = timed_run(pipeline, out, runner)
+        results: dict = {}
+        for _ in range(max(1, args.repeat)):
+            for runner in ("local", "ray"):
+                out = os.path.join(work, f"out-{runner}")
+                shutil.rmtree(out, ignore_errors=True)
+                result = timed_run(pipeline, out, runner)
+                if runner not in results or result[0] < results[runner][0]:
+                    results[runner] = result
         same = manifest(os.path.join(work, "out-local")).equals(manifest(os.path.join(work, "out-ray")))
         rows = args.shards * args.rows_per_shard
-        print(f"pipeline: basic_filter over {rows:,} rows, {os.cpu_count()} CPUs")
+        print(f"pipeline: basic_filter over {rows:,} rows, {os.cpu_count()} CPUs, best of {max(1, args.repeat)}, "
+              f"load average now {os.getloadavg()[0]:.1f}")
         print(f"{'runner':<28}{'wall s':>8}{'rows/s':>10}{'peak MiB':>10}")
         for runner, label in (("local", "winnow run --runner local"), ("ray", "winnow run (embedded Ray)")):
             wall, peak, _ = results[runner]
