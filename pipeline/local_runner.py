@@ -55,12 +55,7 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
                 for name, s in st.items():
                     if name != INPUT_ROWS:
                         progress.report(name, f"shard {shard.stem}", s)
-            with open(path + ".stats.json", encoding="utf-8") as f:
-                for name, s in json.load(f).items():
-                    if name == INPUT_ROWS:
-                        input_rows[shard.index] = s["rows"]
-                    else:
-                        stats[name] = stats_mod.merge(stats.get(name, {}), s)
+            merge_part_stats(path, shard, stats, input_rows)
         if isinstance(seg.barrier, GlobalStage):
             artifact = _global_barrier(seg.barrier, out, k, shards)
             segments[k + 1].steps[0].artifact = artifact
@@ -70,6 +65,16 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
             progress.report(seg.barrier.instance_name, "all shards", st)
     final = [_final_part(out, len(segments) - 1, s) for s in shards]
     return {"stages": stats, "final_parts": final, "input_rows": input_rows}
+
+
+def merge_part_stats(part: str, shard: Shard, stats: dict, input_rows: dict) -> None:
+    """Fold a checkpointed part's stats (written beside it) into the run's totals; shared by both runners."""
+    with open(part + ".stats.json", encoding="utf-8") as f:
+        for name, st in json.load(f).items():
+            if name == INPUT_ROWS:
+                input_rows[shard.index] = st["rows"]
+            else:
+                stats[name] = stats_mod.merge(stats.get(name, {}), st)
 
 
 def _final_part(out: str, k: int, shard: Shard) -> str:

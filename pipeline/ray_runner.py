@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import outputs, plan as plan_mod, shard_parts
+from pipeline import plan as plan_mod, shard_parts
 from pipeline import stats as stats_mod
 from pipeline.errors import WinnowError
 from pipeline.inputs import Shard, read_shard
-from pipeline.local_runner import INPUT_ROWS, _final_part, artifact_path, part_path, save_artifact, seg_dir
+from pipeline.local_runner import (INPUT_ROWS, _final_part, artifact_path, merge_part_stats, part_path,
+                                   save_artifact, seg_dir)
 from pipeline.stats import Progress
 from pipeline.ray_group import group_pass
 from pipeline.ray_tracker import Tracker
@@ -49,12 +50,7 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
         for k, seg in enumerate(segments):
             ray_session.guard(lambda: _segment_pass(k, seg, stages, shards, out, columns, cluster, progress))
             for shard in shards:
-                with open(part_path(out, k, shard) + ".stats.json", encoding="utf-8") as f:
-                    for name, s in json.load(f).items():
-                        if name == INPUT_ROWS:
-                            input_rows[shard.index] = s["rows"]
-                        else:
-                            stats[name] = stats_mod.merge(stats.get(name, {}), s)
+                merge_part_stats(part_path(out, k, shard), shard, stats, input_rows)
             if isinstance(seg.barrier, GlobalStage):
                 segments[k + 1].steps[0].artifact = _global_barrier(seg.barrier, out, k, shards)
             elif isinstance(seg.barrier, GroupStage):
