@@ -1,0 +1,34 @@
+"""`make demo` is the product's smoke test: the same script, end to end on an embedded Ray, at a small size."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.timeout(1500)
+def test_demo_runs_end_to_end_and_catches_planted_problems(tmp_path):
+    env = dict(os.environ, WINNOW_DEMO_ROWS="300", WINNOW_DEMO_DFN_STEPS="40", WINNOW_DEMO_OUT=str(tmp_path / "demo"))
+    proc = subprocess.run([sys.executable, "-m", "examples.demo"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=1400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "demo" / "run"
+    for name in ("report.html", "stats.json", "pipeline.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "kept").glob("*.parquet")) and any((run / "manifest").glob("*.parquet"))
+    card = {row["problem"]: row for row in json.loads((tmp_path / "demo" / "scorecard.json").read_text())}
+    for problem in ("tiny_image", "extreme_aspect", "empty_caption", "non_english", "long_caption"):
+        assert card[problem]["recall"] == 1.0 and card[problem]["precision"] == 1.0, card[problem]
+    # broken images are rejected somewhere (download or decode), never kept
+    for problem in ("corrupt_image", "zero_bytes"):
+        assert card[problem]["caught"] + card[problem]["rejected_elsewhere"] == card[problem]["planted"]
+    # every exact copy is rejected: as dup:image, or earlier when its source's caption was itself a planted problem
+    exact = card["exact_duplicate"]
+    assert exact["caught"] + exact["rejected_elsewhere"] == exact["planted"] and exact["precision"] == 1.0
+    stats = json.loads((run / "stats.json").read_text())
+    assert list(stats["stages"]) == ["download", "basic_filter", "dedup_image", "dedup_phash", "dfn", "metaclip",
+                                     "recaption"]
+    assert stats["runner"] == "ray" and stats["rows_in"] == 300
