@@ -5,9 +5,9 @@ import pyarrow as pa
 
 # planted problem -> (what catching it looks like, human label)
 CATCHERS = {
-    "corrupt_image": (lambda s, r: s == "download" or r.startswith("decode:") or r == "image_undecodable",
-                      "download / decode failure"),
-    "zero_bytes": (lambda s, r: s == "download" or r == "image_empty", "download failure / empty"),
+    "corrupt_image": (lambda s, r: (s == "download" and r != "empty_body") or r.startswith("decode:")
+                      or r == "image_undecodable", "not an image / undecodable"),
+    "zero_bytes": (lambda s, r: r in ("empty_body", "image_empty"), "empty body"),
     "tiny_image": (lambda s, r: r in ("image_too_small", "download:too_small"), "image_too_small"),
     "extreme_aspect": (lambda s, r: r == "aspect_ratio", "aspect_ratio"),
     "empty_caption": (lambda s, r: r == "caption_empty", "caption_empty"),

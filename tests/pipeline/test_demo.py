@@ -28,6 +28,9 @@ def test_demo_runs_end_to_end_and_catches_planted_problems(tmp_path):
     # every exact copy is rejected: as dup:image, or earlier when its source's caption was itself a planted problem
     exact = card["exact_duplicate"]
     assert exact["caught"] + exact["rejected_elsewhere"] == exact["planted"] and exact["precision"] == 1.0
+    assert card["near_duplicate"]["recall"] >= 0.8 and card["near_duplicate"]["precision"] == 1.0
+    # the DFN trained on the clean set finds most swapped captions (a random filter would find ~25%)
+    assert card["mismatched_caption"]["recall"] >= 0.5
     stats = json.loads((run / "stats.json").read_text())
     assert list(stats["stages"]) == ["download", "basic_filter", "dedup_image", "dedup_phash", "dfn", "metaclip",
                                      "recaption"]
