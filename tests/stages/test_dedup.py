@@ -252,17 +252,8 @@ def test_winnow_sample_planted_duplicates_are_all_found(tmp_path, sample_dir):
     assert len(false_pos) <= 0.01 * len(m), false_pos
 
 
-@pytest.fixture
-def ray_session(request):
-    pytest.importorskip("pipeline.ray_runner")
-    try:
-        request.getfixturevalue("ray_local")
-    except pytest.FixtureLookupError:
-        pytest.skip("the session Ray fixture 'ray_local' is not in tests/conftest.py yet")
-
-
 @pytest.mark.ray
-def test_local_and_ray_runners_decide_the_same(tmp_path, planted_pool, ray_session):
+def test_local_and_ray_runners_decide_the_same(tmp_path, planted_pool, ray_local):
     table = planted_pool[0].slice(0, 140)  # 20 photos and their copies: Ray's fixed costs dominate anyway
     table = table.append_column("url", pa.array([f"http://h/{i % 120}" for i in range(table.num_rows)]))
     stages = [{"stage": "dedup_url"}, {"stage": "dedup_phash", "radius": 4}]

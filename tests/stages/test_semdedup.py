@@ -188,17 +188,8 @@ def test_rows_without_embedding_pass_through(tmp_path, planted):
     assert m["zz-missing"]["reject_reason"] is None and m["zz-missing"][CLUSTER] is None
 
 
-@pytest.fixture
-def ray_session(request):
-    pytest.importorskip("pipeline.ray_runner")
-    try:
-        request.getfixturevalue("ray_local")
-    except pytest.FixtureLookupError:
-        pytest.skip("the session Ray fixture 'ray_local' is not in tests/conftest.py yet")
-
-
 @pytest.mark.ray
-def test_local_and_ray_runners_decide_the_same(tmp_path, planted, ray_session):
+def test_local_and_ray_runners_decide_the_same(tmp_path, planted, ray_local):
     uids, vecs, _ = planted_embeddings(seed=1, n_groups=60, n_single=100)
     src, side = write_inputs(tmp_path, uids, vecs, 3, seed=6, side=True)
     local = run(tmp_path, src, {"embeddings": str(side)}, name="local")
