@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 
 from pipeline import outputs, plan as plan_mod
 from pipeline import stats as stats_mod
-from pipeline.errors import WinnowError
 from pipeline.inputs import Shard, read_shard
 from pipeline.stats import Progress
 from stages.base import GlobalStage, GroupStage, Stage, ensure_reject_columns
@@ -132,9 +131,3 @@ def _group_barrier(stage: GroupStage, out: str, k: int, shards: list[Shard]) -> 
     outputs.write_json_atomic(st, stats_path)
     return st
 
-
-def check_conservation(shards: list[Shard], manifest_rows: dict[int, int], input_rows: dict[int, int]) -> None:
-    for s in shards:
-        if manifest_rows.get(s.index) != input_rows.get(s.index):
-            raise WinnowError(f"conservation violated for {s.path}: {input_rows.get(s.index)} input rows, "
-                              f"{manifest_rows.get(s.index)} manifest rows")

@@ -10,7 +10,7 @@ from pipeline import outputs
 from pipeline import stats as stats_mod
 from pipeline.config import PipelineConfig
 from pipeline.errors import WinnowError
-from pipeline.inputs import list_shards
+from pipeline.inputs import Shard, list_shards
 from pipeline.stats import Progress
 
 
@@ -37,8 +37,6 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     else:
         raise WinnowError(f"unknown runner '{runner}'; use 'local' or 'ray'")
     manifest_rows, kept_rows = write_final_outputs(result["final_parts"], shards, out, cfg.write_kept)
-    from pipeline.local_runner import check_conservation
-
     check_conservation(shards, manifest_rows, result["input_rows"])
     run_stats = {
         "runner": runner,
@@ -76,3 +74,10 @@ def write_final_outputs(final_parts: list[str], shards, out: str, write_kept: bo
 
 def _empty() -> dict:
     return {"rows_in": 0, "kept": 0, "rejected": {}, "seconds": 0.0}
+
+
+def check_conservation(shards: list[Shard], manifest_rows: dict[int, int], input_rows: dict[int, int]) -> None:
+    for s in shards:
+        if manifest_rows.get(s.index) != input_rows.get(s.index):
+            raise WinnowError(f"conservation violated for {s.path}: {input_rows.get(s.index)} input rows, "
+                              f"{manifest_rows.get(s.index)} manifest rows")

@@ -6,7 +6,6 @@ module only says how to score or judge the live rows it is given. Stages never i
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -285,10 +284,3 @@ def _check_same_rows(before: pa.Table, after: pa.Table) -> None:
     if after.num_rows != before.num_rows:
         raise RuntimeError(f"stage returned {after.num_rows} rows for {before.num_rows}: stages must not drop rows")
 
-
-def param_fields(stage_cls: type[Stage]) -> list[dict]:
-    """Parameters as plain dicts (for `winnow stages` and docs)."""
-    return [
-        {k: (v.__name__ if k == "type" else v) for k, v in dataclasses.asdict(p).items()} | {"type": p.type.__name__}
-        for p in stage_cls.params
-    ]
