@@ -14,7 +14,8 @@ Each entry's id is its position in the metadata list. A row's ids are unique and
 count once. Duplicate entries all match (every position holding the string), as the reference's plain
 ``entry in text`` loop does (its pyahocorasick variant would keep only the last position).
 
-Speed: one Aho-Corasick pass (pyahocorasick) over all captions of a chunk joined by a separator character that no
+Speed, v1: whole-token matching over a trie of entry tokens (kernels/token_match.py explains why that is exact).
+Speed, v2 (and v1 with ``method="automaton"``): one Aho-Corasick pass (pyahocorasick) over all captions of a chunk joined by a separator character that no
 key contains, so no match can span two captions; end offsets map back to rows with numpy, and the per-match
 Python work is a C-level ``np.fromiter`` over the automaton's iterator.
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 V1_PUNCTS_TO_WRAP = (",", ".", ";", ":", "?", "!", "`")
 V1_CHARS_TO_SPACE = ("\t", "\n", "\r")
@@ -79,25 +81,33 @@ def prepare_text(text: str, version: str = "v1") -> str:
 class EntryMatcher:
     """An Aho-Corasick automaton over the spaced entries, plus what is needed to map keys back to entry ids."""
 
-    automaton: object
+    automaton: object | None  # pyahocorasick, for v2 and method="automaton"
     version: str
     n_entries: int
     separator: str  # a character no key contains and spacing never produces
+    trie: object | None = None  # kernels.token_match.TokenTrie, for v1 by default
     # key index -> entry ids, only for keys shared by duplicate entries (key index = first entry id)
     duplicates: dict[int, list[int]] = field(default_factory=dict)
     dup_offsets: np.ndarray | None = None  # CSR over key index when duplicates exist
     dup_ids: np.ndarray | None = None
 
 
-def build_matcher(entries: Sequence[str], version: str = "v1") -> EntryMatcher:
-    """Build the automaton once per worker (a few seconds for 500k entries)."""
+def build_matcher(entries: Sequence[str], version: str = "v1", method: str = "auto") -> EntryMatcher:
+    """Build once per worker (about a second for 500k entries).
+
+    ``method``: "auto" (v1: token trie, v2: automaton) or "automaton" (pyahocorasick for either version).
+    """
     import ahocorasick
 
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-    automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
+    if method not in ("auto", "automaton"):
+        raise ValueError(f"method must be 'auto' or 'automaton', got {method!r}")
+    by_tokens = version == "v1" and method == "auto"
+    automaton = None if by_tokens else ahocorasick.Automaton(ahocorasick.STORE_INTS)
     first_of: dict[str, int] = {}
     duplicates: dict[int, list[int]] = {}
+    distinct: list[tuple[str, int]] = []
     # Insert in the metadata's own order: nodes are allocated in insertion order, and a sorted list keeps
     # shared prefixes close in memory, which is what the per-character walk is bound by.
     for i, entry in enumerate(entries):
@@ -108,9 +118,17 @@ def build_matcher(entries: Sequence[str], version: str = "v1") -> EntryMatcher:
         if first != i:
             duplicates.setdefault(first, [first]).append(i)
             continue
-        automaton.add_word(key, i)
-    automaton.make_automaton()
-    if len(automaton):
+        distinct.append((entry, i))
+        if automaton is not None:
+            automaton.add_word(key, i)
+    trie = None
+    if by_tokens:
+        from kernels.token_match import build_token_trie
+
+        trie = build_token_trie(distinct)
+    else:
+        automaton.make_automaton()
+    if automaton is not None and len(automaton):
         # The search is bound by cache misses on trie nodes and their child arrays. Built incrementally, child
         # arrays are reallocated as they grow and end up scattered; unpickling allocates every node and its
         # children afresh in traversal order, so a path's nodes sit together: ~15% faster matching.
@@ -118,7 +136,7 @@ def build_matcher(entries: Sequence[str], version: str = "v1") -> EntryMatcher:
     used = set("".join(first_of))
     separator = next(c for c in map(chr, itertools.chain(range(0, 9), range(14, 32), range(0xE000, 0xF900)))
                      if c not in used)
-    matcher = EntryMatcher(automaton, version, len(entries), separator, duplicates)
+    matcher = EntryMatcher(automaton, version, len(entries), separator, trie, duplicates)
     if duplicates:
         counts = np.ones(len(entries), np.int64)
         for first, ids in duplicates.items():
@@ -129,11 +147,15 @@ def build_matcher(entries: Sequence[str], version: str = "v1") -> EntryMatcher:
     return matcher
 
 
-def match_texts(texts: Sequence[str | None], matcher: EntryMatcher) -> tuple[np.ndarray, np.ndarray]:
+def match_texts(texts: Sequence[str | None] | pa.Array, matcher: EntryMatcher) -> tuple[np.ndarray, np.ndarray]:
     """Entry ids of every text as CSR: ``ids[offsets[i]:offsets[i+1]]`` are text i's ids, unique and sorted.
 
-    A ``None`` text matches nothing.
+    ``texts``: a list of str or an Arrow string array. A ``None`` text matches nothing.
     """
+    if matcher.trie is None and isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = texts.to_pylist()
+    elif matcher.trie is not None and not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = pa.array(texts, pa.string())
     offsets = [np.zeros(1, np.int64)]
     ids = []
     base = 0
@@ -146,18 +168,25 @@ def match_texts(texts: Sequence[str | None], matcher: EntryMatcher) -> tuple[np.
     return np.concatenate(offsets), all_ids
 
 
-def _match_chunk(texts: Sequence[str | None], matcher: EntryMatcher) -> tuple[np.ndarray, np.ndarray]:
+def _match_chunk(texts, matcher: EntryMatcher) -> tuple[np.ndarray, np.ndarray]:
     n = len(texts)
+    if matcher.trie is not None:
+        from kernels.token_match import match_tokens
+
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        return _to_csr(*match_tokens(texts, matcher.trie), n, matcher)
     if n == 0 or len(matcher.automaton) == 0:
         return np.zeros(n + 1, np.int64), np.zeros(0, np.int32)
-    texts = ["" if t is None else t for t in texts]
+    nulls = np.fromiter((t is None for t in texts), bool, n)
+    texts = ["" if t is None else t for t in texts]  # joined as "", its matches dropped below
     if matcher.version == "v2":
         texts = [t.strip() for t in texts]
     sep = matcher.separator
     joined = f" {sep} ".join(texts)
     if joined.count(sep) != n - 1:
         # A caption contains the separator: match it caption by caption (rare; correctness first).
-        return _match_one_by_one(texts, matcher)
+        return _match_one_by_one(texts, nulls, matcher)
     # Spacing the joined string equals spacing each caption and joining with the separator: spacing never
     # touches it, and each caption keeps its own padding spaces (" a " + sep + " b ").
     spaced = spacing(joined)
@@ -170,12 +199,15 @@ def _match_chunk(texts: Sequence[str | None], matcher: EntryMatcher) -> tuple[np
     flat = np.fromiter(itertools.chain.from_iterable(matcher.automaton.iter(spaced)), np.int64)
     ends, keys = flat[0::2], flat[1::2]
     rows = np.searchsorted(bounds, ends)  # separators before the match's last char = its row
-    return _to_csr(rows, keys, n, matcher)
+    real = ~nulls[rows]  # a None text matches nothing, not even the empty entry
+    return _to_csr(rows[real], keys[real], n, matcher)
 
 
-def _match_one_by_one(texts: list[str], matcher: EntryMatcher) -> tuple[np.ndarray, np.ndarray]:
+def _match_one_by_one(texts: list[str], nulls: np.ndarray, matcher: EntryMatcher) -> tuple[np.ndarray, np.ndarray]:
     rows, keys = [], []
     for i, text in enumerate(texts):
+        if nulls[i]:
+            continue
         for _, key in matcher.automaton.iter(spacing(text)):
             rows.append(i)
             keys.append(key)

@@ -134,7 +134,7 @@ class MetaCLIPBalance(GlobalStage):
         from kernels.substring_match import match_texts
 
         encoded = pc.dictionary_encode(texts)
-        offsets, ids = match_texts(encoded.dictionary.to_pylist(), self._matcher(group))
+        offsets, ids = match_texts(encoded.dictionary, self._matcher(group))
         lists = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(ids, pa.int32()))
         return pc.fill_null(lists.take(encoded.indices), pa.scalar([], pa.list_(pa.int32())))
 

@@ -22,8 +22,12 @@ def metadata(metaclip_dir):
 
 @pytest.fixture(scope="module")
 def matchers(metadata):
-    """Each automaton once per module: the 338k-entry ones take a second or two to build."""
-    return {(name, v): sm.build_matcher(entries, v) for name, entries in metadata.items() for v in ("v1", "v2")}
+    """Each matcher once per module: the 338k-entry ones take a second or two to build. ("v1-automaton" is the
+    pyahocorasick path for v1: the default v1 path is the token trie, and both must equal the reference.)"""
+    out = {(name, v): sm.build_matcher(entries, v) for name, entries in metadata.items() for v in ("v1", "v2")}
+    out.update({(name, "v1-automaton"): sm.build_matcher(entries, "v1", method="automaton")
+                for name, entries in metadata.items()})
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +47,11 @@ def _rows(offsets, ids):
     return [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(offsets) - 1)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
-def test_every_reference_edge_case(edge_cases, version):
+@pytest.mark.parametrize("version,method", [("v1", "auto"), ("v1", "automaton"), ("v2", "auto")])
+def test_every_reference_edge_case(edge_cases, version, method):
     entries, cases = edge_cases
     assert len(cases) == 42
-    offsets, ids = sm.match_texts([c["text"] for c in cases], sm.build_matcher(entries, version))
+    offsets, ids = sm.match_texts([c["text"] for c in cases], sm.build_matcher(entries, version, method))
     got = [[entries[i] for i in row] for row in _rows(offsets, ids)]
     want = [sorted(c[version], key=entries.index) for c in cases]
     assert got == want
@@ -64,8 +68,9 @@ def test_v1_and_v2_really_differ_on_the_edge_cases(edge_cases):
 
 
 @pytest.mark.parametrize("name", [PROXY, WORDNET])
-@pytest.mark.parametrize("version", ["v1", "v2"])
-def test_every_cc3m_caption_matches_the_reference(metadata, matchers, cc3m_reference, name, version):
+@pytest.mark.parametrize("method", ["v1", "v1-automaton", "v2"])
+def test_every_cc3m_caption_matches_the_reference(metadata, matchers, cc3m_reference, name, method):
+    version = method[:2]
     texts = [r["text"] for r in cc3m_reference]
     assert len(texts) == 15833
     n = len(metadata[name])
@@ -77,7 +82,7 @@ def test_every_cc3m_caption_matches_the_reference(metadata, matchers, cc3m_refer
         want = [sorted(i for i in r["v2_proxy"] if i < n) for r in cc3m_reference]
     else:
         want = [sorted(r[key]) for r in cc3m_reference]
-    got = _rows(*sm.match_texts(texts, matchers[(name, version)]))
+    got = _rows(*sm.match_texts(texts, matchers[(name, method)]))
     bad = [(texts[i], got[i], want[i]) for i in range(len(texts)) if got[i] != want[i]]
     assert not bad, f"{len(bad)} captions differ, first: {bad[0]}"
     assert sum(map(len, got)) > len(texts)  # not vacuous: several entries per caption
@@ -107,13 +112,13 @@ def test_matches_never_span_two_captions_and_overlaps_count_once():
 
 def test_captions_containing_the_separator_fall_back_correctly():
     entries = ["dog", "cat"]
-    m = sm.build_matcher(entries)
+    m = sm.build_matcher(entries, method="automaton")
     texts = [f"dog{m.separator}cat", "cat", f"x {m.separator} dog"]
     assert _rows(*sm.match_texts(texts, m)) == [sm.match_naive(t, entries) for t in texts]
 
 
 def test_separator_avoids_characters_used_by_entries():
-    m = sm.build_matcher(["a\x00b", "c"])
+    m = sm.build_matcher(["a\x00b", "c"], method="automaton")
     assert m.separator != "\x00"
     assert _rows(*sm.match_texts(["a\x00b", "c"], m)) == [[0], [1]]
 
@@ -134,3 +139,32 @@ def test_none_empty_and_chunked_inputs(monkeypatch, metadata, cc3m_reference):
 def test_non_string_entry_is_refused():
     with pytest.raises(TypeError, match="entry 1"):
         sm.build_matcher(["dog", 3])
+
+
+def test_v1_token_trie_equals_the_naive_loop_on_adversarial_text():
+    """Random captions and entries over an alphabet full of what spacing touches (punctuation, tabs, runs of
+    spaces, non-breaking space, CJK): the token path must agree with the reference method caption by caption."""
+    rng = random.Random(7)
+    alphabet = ["a", "b", "ab", " ", "  ", ",", ".", "?", "`", "\t", "\n", "\xa0", "猫", "St.", "e.g", ""]
+
+    def text(k):
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, k)))
+
+    entries = sorted({text(4) for _ in range(300)} | {"a", "a b", "a  b", " a", "b ", "", "a,b", "猫"})
+    texts = [text(12) for _ in range(2000)] + [None, "", " ", "\t"]
+    trie, automaton = sm.build_matcher(entries), sm.build_matcher(entries, method="automaton")
+    assert trie.trie is not None and automaton.automaton is not None
+    want = [sm.match_naive(t, entries) for t in texts]
+    assert _rows(*sm.match_texts(texts, trie)) == want
+    assert _rows(*sm.match_texts(texts, automaton)) == want
+    assert sum(map(len, want)) > len(texts)  # not vacuous
+
+
+def test_arrow_input_with_offset_slices_and_nulls():
+    import pyarrow as pa
+
+    entries = ["dog", "hot dog", "cat"]
+    m = sm.build_matcher(entries)
+    arr = pa.array(["x", "a hot dog", None, "cat, dog", "dogs"]).slice(1)  # non-zero offset
+    assert _rows(*sm.match_texts(arr, m)) == [[0, 1], [], [0, 2], []]
+    assert _rows(*sm.match_texts(pa.chunked_array([arr[:2], arr[2:]]), m)) == [[0, 1], [], [0, 2], []]
