@@ -35,8 +35,12 @@ def artifact_path(out: str, stage: Stage) -> str:
 
 
 def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str],
-              progress: Progress) -> dict:
-    """Run every segment over every shard; returns per-stage stats merged over the run."""
+              progress: Progress, write_kept: bool | None = None) -> dict:
+    """Run every segment over every shard; returns per-stage stats merged over the run.
+
+    With ``write_kept`` given, a final segment without a barrier also writes each shard's manifest
+    (and kept) file from the rows in memory, before the part that marks the shard done.
+    """
     segments = plan_mod.make_plan(stages)
     stats: dict[str, dict] = {}
     input_rows: dict[int, int] = {}
@@ -50,6 +54,8 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
                 if k == 0:
                     st[INPUT_ROWS] = {"rows": n_in}
                 outputs.write_json_atomic(st, path + ".stats.json")
+                if write_kept is not None and k == len(segments) - 1 and seg.barrier is None:
+                    outputs.write_table_outputs(table, shard.stem, out, write_kept)
                 outputs.write_parquet_atomic(table, path)
                 for name, s in st.items():
                     if name != INPUT_ROWS:
@@ -63,7 +69,8 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
             stats[seg.barrier.instance_name] = stats_mod.merge(stats.get(seg.barrier.instance_name, {}), st)
             progress.report(seg.barrier.instance_name, "all shards", st)
     final = [_final_part(out, len(segments) - 1, s) for s in shards]
-    return {"stages": stats, "final_parts": final, "input_rows": input_rows}
+    return {"stages": stats, "final_parts": final, "input_rows": input_rows,
+                "outputs_in_pass": write_kept is not None and segments[-1].barrier is None}
 
 
 def merge_part_stats(part: str, shard: Shard, stats: dict, input_rows: dict) -> None:

@@ -56,6 +56,30 @@ def kept_view(table: pa.Table) -> pa.Table:
     return table.filter(pc.is_null(table[REJECT_STAGE]))
 
 
+def write_table_outputs(table: pa.Table, stem: str, out: str, write_kept: bool) -> None:
+    """manifest/part-STEM.parquet (+ kept/part-STEM.parquet) from a shard's final rows."""
+    write_parquet_atomic(manifest_view(table), os.path.join(out, "manifest", f"part-{stem}.parquet"))
+    if write_kept:
+        write_parquet_atomic(kept_view(table), os.path.join(out, "kept", f"part-{stem}.parquet"))
+
+
+def shard_outputs(part: str, stem: str, out: str, write_kept: bool, in_pass: bool) -> tuple[int, int]:
+    """(manifest rows, kept rows) of a shard, writing its outputs from its final part unless the runner
+    wrote them beside the part (``in_pass``: both runners do in a final segment without a barrier, just
+    before the part that marks the shard done, so a resumed run finds them too)."""
+    import pyarrow.compute as pc
+
+    manifest = os.path.join(out, "manifest", f"part-{stem}.parquet")
+    kept = os.path.join(out, "kept", f"part-{stem}.parquet")
+    if not (in_pass and os.path.exists(manifest) and (not write_kept or os.path.exists(kept))):
+        write_table_outputs(pq.read_table(part), stem, out, write_kept)
+    rows = pq.read_metadata(manifest).num_rows
+    if write_kept:
+        return rows, pq.read_metadata(kept).num_rows
+    decided = pq.read_table(manifest, columns=[REJECT_STAGE])[REJECT_STAGE]
+    return rows, rows - pc.count(decided, mode="only_valid").as_py()
+
+
 def package_versions() -> dict:
     names = ["pyarrow", "ray", "torch", "torchvision", "open_clip_torch", "transformers", "faiss-cpu",
              "fasttext-numpy2", "img2dataset", "pyahocorasick", "numpy", "pillow"]

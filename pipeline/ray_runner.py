@@ -34,8 +34,12 @@ from stages.base import GlobalStage, GroupStage, Stage, ensure_reject_columns
 
 
 def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str], progress: Progress,
-            address: str | None = None) -> dict:
-    """Same contract as ``run_local``: per-stage stats, one final Parquet part per shard, input rows."""
+            address: str | None = None, write_kept: bool | None = None) -> dict:
+    """Same contract as ``run_local``: per-stage stats, one final Parquet part per shard, input rows.
+
+    With ``write_kept`` given, a final segment without a barrier also writes each shard's manifest (and
+    kept) file where the shard is processed, so the driver never reads the rows back.
+    """
     from pipeline import ray_adapter, ray_session
 
     _preflight(stages, shards, columns)
@@ -48,7 +52,10 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
         stats: dict[str, dict] = {}
         input_rows: dict[int, int] = {}
         for k, seg in enumerate(segments):
-            ray_session.guard(lambda: _segment_pass(k, seg, stages, shards, out, columns, cluster, progress))
+            final_outputs = (out, write_kept) if write_kept is not None and k == len(segments) - 1 and \
+                seg.barrier is None else None
+            ray_session.guard(lambda: _segment_pass(k, seg, stages, shards, out, columns, cluster, progress,
+                                                    final_outputs))
             for shard in shards:
                 merge_part_stats(part_path(out, k, shard), shard, stats, input_rows)
             if isinstance(seg.barrier, GlobalStage):
@@ -58,7 +65,8 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
                 name = seg.barrier.instance_name
                 stats[name] = stats_mod.merge(stats.get(name, {}), st)
         final = [_final_part(out, len(segments) - 1, s) for s in shards]
-        return {"stages": stats, "final_parts": final, "input_rows": input_rows}
+        return {"stages": stats, "final_parts": final, "input_rows": input_rows,
+                "outputs_in_pass": write_kept is not None and segments[-1].barrier is None}
     finally:
         if started:
             ray_session.shutdown()
@@ -95,20 +103,20 @@ def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool) -> None:
 
 # -- one segment -------------------------------------------------------------------------------
 def _segment_pass(k: int, seg: plan_mod.Segment, stages: list[Stage], shards: list[Shard], out: str,
-                  columns: dict, cluster: dict, progress: Progress) -> None:
+                  columns: dict, cluster: dict, progress: Progress, final_outputs: tuple | None = None) -> None:
     from pipeline import ray_adapter
 
     spec = shard_parts.PassSpec(
         seg_dir=seg_dir(out, k), block_dir=os.path.join(seg_dir(out, k), "blocks"),
         steps=[(s.stage.instance_name, s.kind) for s in seg.steps],
-        partials=isinstance(seg.barrier, GlobalStage), first=k == 0)
+        partials=isinstance(seg.barrier, GlobalStage), first=k == 0, final_outputs=final_outputs)
     pending = [s for s in shards if not _segment_done(spec, s)]
     if not pending:
         return
     shutil.rmtree(spec.block_dir, ignore_errors=True)  # pieces of an interrupted attempt
     os.makedirs(spec.block_dir, exist_ok=True)
     source = ("input", columns, stages[0] if stages else None) if k == 0 else ("after", out, k - 1)
-    ds = read_dataset(pending, source, cluster)
+    ds = read_dataset(pending, source, cluster, seg.steps[0].stage if seg.steps else None)
     for j, step in enumerate(seg.steps):
         ds = ray_adapter.map_step(ds, step, j, cluster, spec if j == len(seg.steps) - 1 else None)
     if not seg.steps:
@@ -133,13 +141,24 @@ def _segment_done(spec: shard_parts.PassSpec, shard: Shard) -> bool:
     return not spec.partials or os.path.exists(shard_parts.partials_path(spec.seg_dir, shard.stem))
 
 
-def read_dataset(shards: list[Shard], source: tuple, cluster: dict):
-    """A dataset of the shards' rows, one read task per shard, bookkeeping columns added."""
+def read_dataset(shards: list[Shard], source: tuple, cluster: dict, first: Stage | None = None):
+    """A dataset of the shards' rows, one read task per shard, bookkeeping columns added.
+
+    When the pass starts with a CPU stage, the read is given that stage's resources so Ray Data fuses
+    it into the stage's operator: each shard is read where it is processed and written, and the
+    pass's rows never cross the object store (on a 2-core machine that copy cost as much as the work).
+    """
     import ray.data
+
+    from pipeline import ray_adapter
 
     items = [{"path": s.path, "index": s.index, "format": s.format} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # Reading is I/O: it reserves no CPU so the stages' actors can take every core, bounded in number.
+    if first is not None and first.resources.gpus == 0:
+        size = ray_adapter.pool_size(first, cluster) if ray_adapter.uses_actors(first) else None
+        return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow",
+                              num_cpus=first.resources.cpus, compute=ray.data.TaskPoolStrategy(size=size))
+    # Otherwise reading is I/O: it reserves no CPU so the stages' actors can take every core, bounded in number.
     return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow", num_cpus=0,
                           compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, int(cluster.get("CPU", 1))))))
 

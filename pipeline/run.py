@@ -27,16 +27,20 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     if runner == "local":
         from pipeline.local_runner import run_local
 
-        result = run_local(stages, shards, out, cfg.columns, prog)
+        result = run_local(stages, shards, out, cfg.columns, prog, write_kept=cfg.write_kept)
     elif runner == "ray":
         try:
             from pipeline.ray_runner import run_ray
         except ImportError as exc:
             raise WinnowError(f"runner 'ray' is not available ({exc})") from None
-        result = run_ray(stages, shards, out, cfg.columns, prog, address=address)
+        result = run_ray(stages, shards, out, cfg.columns, prog, address=address, write_kept=cfg.write_kept)
     else:
         raise WinnowError(f"unknown runner '{runner}'; use 'local' or 'ray'")
-    manifest_rows, kept_rows = write_final_outputs(result["final_parts"], shards, out, cfg.write_kept)
+    in_pass = result["outputs_in_pass"]
+    written = [outputs.shard_outputs(p, s.stem, out, cfg.write_kept, in_pass)
+               for p, s in zip(result["final_parts"], shards)]
+    manifest_rows = {s.index: rows for s, (rows, _) in zip(shards, written)}
+    kept_rows = sum(kept for _, kept in written)
     check_conservation(shards, manifest_rows, result["input_rows"])
     run_stats = {
         "runner": runner,
@@ -55,21 +59,6 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
         "inputs": outputs.input_listing(shards),
     }, os.path.join(out, "pipeline.json"))
     return run_stats
-
-
-def write_final_outputs(final_parts: list[str], shards, out: str, write_kept: bool) -> tuple[dict[int, int], int]:
-    """manifest/part-K.parquet (+ kept/part-K.parquet) per input shard; returns (manifest rows per shard, kept)."""
-    rows, kept = {}, 0
-    for shard, path in zip(shards, final_parts):
-        table = pq.read_table(path)
-        rows[shard.index] = table.num_rows
-        outputs.write_parquet_atomic(outputs.manifest_view(table),
-                                     os.path.join(out, "manifest", f"part-{shard.stem}.parquet"))
-        kept_table = outputs.kept_view(table)
-        kept += kept_table.num_rows
-        if write_kept:
-            outputs.write_parquet_atomic(kept_table, os.path.join(out, "kept", f"part-{shard.stem}.parquet"))
-    return rows, kept
 
 
 def _empty() -> dict:

@@ -72,6 +72,7 @@ class PassSpec:
     shard_stats: bool = True  # write part-*.parquet.stats.json (the local runner's resume format)
     first: bool = False  # the first segment records each shard's input row count
     whole_shards: bool = True  # False for a group pass: only some rows travel, pieces are patched in later
+    final_outputs: tuple[str, bool] | None = None  # (run dir, write_kept): the run's last pass writes them too
 
     def part(self, stem: str) -> str:
         return os.path.join(self.seg_dir, f"part-{stem}{self.suffix}")
@@ -232,6 +233,8 @@ def write_shard(spec: PassSpec, stem: str, table: pa.Table, shard_stats: dict | 
         _write_bytes_atomic(pickle.dumps(partials), partials_path(spec.seg_dir, stem))
     if spec.shard_stats and shard_stats is not None:
         outputs.write_json_atomic(shard_stats, spec.part(stem) + ".stats.json")
+    if spec.final_outputs is not None:
+        outputs.write_table_outputs(table, stem, *spec.final_outputs)
     outputs.write_parquet_atomic(table, spec.part(stem))
 
 
