@@ -3,10 +3,12 @@
 open_clip's eval transform is: resize the shorter side to S (bicubic, antialiased), centre-crop SxS,
 convert to RGB, scale to [0, 1], normalise by mean/std. We reproduce it with less work:
 
-* CPU: PIL with JPEG *draft mode* — libjpeg scales by 1/2, 1/4 or 1/8 inside the IDCT, so a 2000 px
-  photo is never fully decoded when 224 px are needed (draft never goes below the resize target,
-  so no detail the resize keeps is lost); only the centre-crop region is resampled (PIL ``resize``
-  with a source ``box``, same filter and phase as resize-then-crop); normalisation is one batched op.
+* CPU, gray/YCbCr JPEGs: libjpeg-turbo (simplejpeg) scales by n/8 inside the IDCT, so a 2000 px photo
+  is never fully decoded when 224 px are needed (never below the resize target, so no detail the
+  resize keeps is lost); torch's uint8 antialiased resize (PIL's filters) and the crop follow.
+* CPU, everything else (and ``draft=False``, the exact reference): PIL, JPEG draft mode where allowed;
+  only the centre-crop region is resampled (PIL ``resize`` with a source ``box``, same filter and phase
+  as resize-then-crop). Normalisation is one batched pass per channel either way.
 * GPU: nvJPEG batched decode (``torchvision.io.decode_jpeg`` on cuda), antialiased bicubic resize of
   same-size groups, then one fused clamp/round/normalise/cast. ``resize_crop`` runs on any device,
   so the CPU run of the same function is the reference the GPU test compares against.
@@ -168,6 +170,10 @@ def preprocess_cpu(data: bytes | None, specs: list[PreprocessSpec], *, draft: bo
     """Decode once, then one (H, W, 3) uint8 array per spec: resized + centre-cropped, not normalised."""
     from PIL import Image
 
+    if draft:
+        fast = _preprocess_jpeg(data, specs, exif, max_pixels, draft_slack)
+        if fast is not None:
+            return fast
     im = open_image(data, max_pixels)
     orientation = exif_orientation(im) if exif else 1
     w, h = im.size if orientation < 5 else im.size[::-1]
@@ -184,10 +190,54 @@ def preprocess_cpu(data: bytes | None, specs: list[PreprocessSpec], *, draft: bo
     return out
 
 
+def _preprocess_jpeg(data, specs: list[PreprocessSpec], exif: bool, max_pixels: int,
+                     draft_slack: float) -> list[np.ndarray] | None:
+    """The fast path for gray/YCbCr JPEGs: libjpeg-turbo (simplejpeg) decodes at the smallest n/8 scale that
+    still covers the resize (1/2 for a 640x480 photo, 5/8 for 500x375, where PIL's draft offers only
+    powers of two), then torch's uint8 antialiased resize (PIL's kernels, SIMD on channels-last) and the
+    crop. None when this path does not apply or the bytes are bad: the PIL path then decodes or names why.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    info = jpeg_info(data)
+    if info is None or info.components not in (1, 3):  # CMYK/YCCK and non-JPEGs: PIL
+        return None
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    if max_pixels and info.width * info.height > max_pixels:
+        raise DecodeError("too_large")
+    orientation = info.orientation if exif else 1
+    w, h = (info.width, info.height) if orientation < 5 else (info.height, info.width)
+    plans = [resize_plan(w, h, s) for s in specs]
+    need = (max(p[0][0] for p in plans), max(p[0][1] for p in plans))  # upright (width, height)
+    if orientation >= 5:
+        need = need[::-1]
+    try:
+        pixels = simplejpeg.decode_jpeg(data, "RGB", min_width=int(need[0] / (1 + draft_slack) + 0.999),
+                                        min_height=int(need[1] / (1 + draft_slack) + 0.999))
+    except ValueError:  # corrupt or truncated: PIL names the problem
+        return None
+    x = orient(torch.from_numpy(pixels).permute(2, 0, 1), orientation)[None]  # channels-last view
+    out = []
+    for spec, ((rw, rh), (left, top)) in zip(specs, plans):
+        th, tw = spec.size
+        y = x
+        if (rh, rw) != tuple(x.shape[-2:]):
+            y = F.interpolate(x, size=(rh, rw), antialias=True, align_corners=False,
+                              mode="bicubic" if spec.interpolation == "bicubic" else "bilinear")
+        out.append(y[0, :, top:top + th, left:left + tw].permute(1, 2, 0).numpy())
+    return out
+
+
 def normalize_batch(pixels, spec: PreprocessSpec, dtype=None):
     """uint8/float pixels (N, H, W, 3) or (N, 3, H, W) in 0..255 -> normalised (N, 3, H, W) of ``dtype``.
 
-    One fused multiply-add per element: x * 1/(255 std) - mean/std, computed in float32 and cast once.
+    ``x * 1/(255 std) - mean/std`` computed channel by channel straight into the output: each pass reads
+    one channel and writes one contiguous plane, 5-8x faster on CPU than permuting and converting the whole
+    batch first (which allocates and walks two batch-sized float copies).
     """
     import torch
 
@@ -196,10 +246,11 @@ def normalize_batch(pixels, spec: PreprocessSpec, dtype=None):
     x = torch.as_tensor(pixels)
     if x.shape[-1] == 3 and x.shape[1] != 3:
         x = x.permute(0, 3, 1, 2)
-    scale = torch.tensor([1.0 / (255.0 * s) for s in spec.std], device=x.device).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(spec.mean, spec.std)], device=x.device).view(1, 3, 1, 1)
-    out = torch.addcmul(shift, x.to(torch.float32), scale)
-    return out.contiguous() if dtype in (None, torch.float32) else out.to(dtype).contiguous()
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for c in range(3):
+        torch.mul(x[:, c], 1.0 / (255.0 * spec.std[c]), out=out[:, c])
+        out[:, c].add_(-spec.mean[c] / spec.std[c])
+    return out if dtype in (None, torch.float32) else out.to(dtype).contiguous()
 
 
 # ----------------------------------------------------------------------------------------- GPU path

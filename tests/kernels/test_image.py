@@ -60,7 +60,9 @@ def test_draft_mode_stays_close_on_real_photos(coco_dir):
         data = p.read_bytes()
         ref = open_clip_transform()(Image.open(io.BytesIO(data)))
         diff = (ours(data) - ref).abs()
-        assert diff.mean() < 0.05, (p.name, diff.mean())  # ~1.5 grey levels on average
+        # ~1.5-3 grey levels on average: the decoder's n/8 scaling keeps less detail than a full decode
+        # followed by an antialiased downscale; CLIP scores stay within 0.01 (test_clip_score's fidelity test)
+        assert diff.mean() < 0.1, (p.name, diff.mean())
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,14 +114,31 @@ def exif_jpeg(img, orientation):
     return encode(img, "JPEG", quality=95, exif=exif.tobytes())
 
 
+@pytest.mark.parametrize("draft", [False, True])  # PIL path; fast JPEG path (decoder scaling)
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(orientation):
-    data = exif_jpeg(photo(300, 200, seed=5), orientation)
+def test_exif_orientation_is_applied(orientation, draft):
+    data = exif_jpeg(photo(900, 600, seed=5), orientation)
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     ref = open_clip_transform()(upright)
-    assert (ours(data, draft=False) - ref).abs().mean() < 0.01
+    assert (ours(data, draft=draft) - ref).abs().mean() < (0.08 if draft else 0.01)
     if orientation != 1:  # and it matters: without it the picture differs
-        assert (ours(data, draft=False, exif=False) - ref).abs().mean() > 0.05
+        assert (ours(data, draft=draft, exif=False) - ref).abs().mean() > 0.1
+
+
+def test_fast_jpeg_path_takes_gray_ycbcr_and_progressive_and_leaves_the_rest_to_pil():
+    modes = _modes()
+    fast = {name: K._preprocess_jpeg(data, [SPEC], True, K.DEFAULT_MAX_PIXELS, K.DRAFT_SLACK)
+            for name, (data, _) in modes.items()}
+    assert {n for n, v in fast.items() if v is not None} == {"gray_jpeg", "progressive_jpeg"}
+    baseline = encode(photo(1000, 700, seed=6), "JPEG", quality=90)
+    arr = K._preprocess_jpeg(baseline, [SPEC], True, K.DEFAULT_MAX_PIXELS, K.DRAFT_SLACK)[0]
+    assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
+    for name in ("gray_jpeg", "progressive_jpeg", "cmyk_jpeg"):  # whichever path: the same picture
+        data, source = modes[name]
+        assert (ours(data) - open_clip_transform()(source.convert("RGB"))).abs().mean() < 0.08, name
+    with pytest.raises(K.DecodeError) as info:  # the header alone says it is too big: no decode
+        K.preprocess_cpu(baseline, [SPEC], max_pixels=1000 * 699)
+    assert info.value.reason == "too_large"
 
 
 def png_claiming_size(w, h):
