@@ -134,6 +134,32 @@ def test_rerun_resumes_from_checkpoints_and_is_identical(sample_dir, tmp_path):
     assert _manifest(tmp_path).equals(first)
 
 
+def test_outputs_written_in_the_last_pass_survive_resume_and_a_write_kept_change(sample_dir, tmp_path):
+    """The last pass writes manifest/kept beside each part; a resumed run reuses them, a run that now
+    wants the kept set writes it from the parts, and a run ending in a group barrier writes from its parts."""
+    spec = {"input": str(sample_dir), "stages": [{"stage": "basic_filter"}]}
+    stats = execute(parse_pipeline(spec | {"write_kept": False}), str(tmp_path), progress=False)
+    assert not (tmp_path / "kept").exists()
+    part, manifest = tmp_path / "work" / "seg-0" / "part-00000.parquet", tmp_path / "manifest" / "part-00000.parquet"
+    written = manifest.stat().st_mtime_ns
+    execute(parse_pipeline(spec | {"write_kept": False}), str(tmp_path), progress=False)
+    assert manifest.stat().st_mtime_ns == written  # resumed: the pass's own outputs are reused
+    done = part.stat().st_mtime_ns
+    again = execute(parse_pipeline(spec | {"write_kept": True}), str(tmp_path), progress=False)
+    assert part.stat().st_mtime_ns == done  # no stage reran: the kept set came from the parts
+    assert pq.read_table(tmp_path / "kept").num_rows == again["rows_kept"] == stats["rows_kept"]
+    assert again["rows_kept"] == pc.sum(pc.is_null(_manifest(tmp_path)["reject_stage"])).as_py() > 0
+
+    rows = [(f"u{i}", "same caption" if i % 3 == 0 else f"caption {i}") for i in range(12)]
+    pq.write_table(pa.table({"uid": [u for u, _ in rows], "url": ["http://h/" + u for u, _ in rows],
+                             "caption": [c for _, c in rows]}), tmp_path / "g.parquet")
+    out = tmp_path / "grouped"
+    execute(parse_pipeline({"input": str(tmp_path / "g.parquet"), "stages": [
+        {"stage": f"{__name__}:ExactCaptionDedup", "name": "test_caption_dedup"}]}), str(out), progress=False)
+    assert _manifest(out)["reject_reason"].to_pylist().count("dup:caption") == 3
+    assert pq.read_table(out / "kept").num_rows == 9
+
+
 def test_missing_required_column_is_one_clear_error(tmp_path):
     pq.write_table(pa.table({"url": ["http://h/1"]}), tmp_path / "in.parquet")
     cfg = parse_pipeline({"input": str(tmp_path / "in.parquet"), "stages": [{"stage": "basic_filter"}]})
