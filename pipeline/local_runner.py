@@ -54,7 +54,7 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
                 if k == 0:
                     st[INPUT_ROWS] = {"rows": n_in}
                 outputs.write_json_atomic(st, path + ".stats.json")
-                if write_kept is not None and k == len(segments) - 1 and seg.barrier is None:
+                if write_kept is not None and plan_mod.writes_outputs(segments, k):
                     outputs.write_table_outputs(table, shard.stem, out, write_kept)
                 outputs.write_parquet_atomic(table, path)
                 for name, s in st.items():
@@ -70,7 +70,7 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
             progress.report(seg.barrier.instance_name, "all shards", st)
     final = [_final_part(out, len(segments) - 1, s) for s in shards]
     return {"stages": stats, "final_parts": final, "input_rows": input_rows,
-                "outputs_in_pass": write_kept is not None and segments[-1].barrier is None}
+            "outputs_in_pass": write_kept is not None and plan_mod.writes_outputs(segments, len(segments) - 1)}
 
 
 def merge_part_stats(part: str, shard: Shard, stats: dict, input_rows: dict) -> None:

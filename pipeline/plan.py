@@ -73,6 +73,12 @@ def make_plan(stages: list[Stage]) -> list[Segment]:
     return segments
 
 
+def writes_outputs(segments: list[Segment], k: int) -> bool:
+    """Segment k's pass holds each shard's final rows (the last segment, no barrier after it): both runners
+    write the run's manifest/kept from them in that pass instead of reading the parts back afterwards."""
+    return k == len(segments) - 1 and segments[k].barrier is None
+
+
 def run_steps(steps: list[Step], table: pa.Table) -> tuple[pa.Table, dict[str, dict]]:
     """Run a segment's steps on one table, collecting per-stage stats."""
     by_stage: dict[str, dict] = {}

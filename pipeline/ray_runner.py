@@ -52,8 +52,8 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
         stats: dict[str, dict] = {}
         input_rows: dict[int, int] = {}
         for k, seg in enumerate(segments):
-            final_outputs = (out, write_kept) if write_kept is not None and k == len(segments) - 1 and \
-                seg.barrier is None else None
+            final_outputs = (out, write_kept) if write_kept is not None and plan_mod.writes_outputs(segments, k) \
+                else None
             ray_session.guard(lambda: _segment_pass(k, seg, stages, shards, out, columns, cluster, progress,
                                                     final_outputs))
             for shard in shards:
@@ -66,7 +66,7 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
                 stats[name] = stats_mod.merge(stats.get(name, {}), st)
         final = [_final_part(out, len(segments) - 1, s) for s in shards]
         return {"stages": stats, "final_parts": final, "input_rows": input_rows,
-                "outputs_in_pass": write_kept is not None and segments[-1].barrier is None}
+                "outputs_in_pass": write_kept is not None and plan_mod.writes_outputs(segments, len(segments) - 1)}
     finally:
         if started:
             ray_session.shutdown()
