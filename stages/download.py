@@ -227,8 +227,28 @@ def _shutdown_pools() -> None:
     with _POOLS_LOCK:
         pools = list(_POOLS.values())
         _POOLS.clear()
+    if pools:
+        _forget_dead_resource_tracker()
     for pool in pools:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _forget_dead_resource_tracker() -> None:
+    """A Ray worker that exits kills its child processes before Python's exit handlers run, multiprocessing's
+    resource tracker included. The pool's semaphores would then start a new tracker only to unregister names
+    it never saw, and it prints a KeyError traceback for each. Their own finalizers unlink them either way,
+    so with the tracker gone the unregistering is skipped."""
+    from multiprocessing import resource_tracker
+
+    pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+    if pid is None:
+        return
+    try:
+        gone = os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        gone = True
+    if gone:
+        resource_tracker.unregister = lambda name, rtype: None
 
 
 def discard_pool(pool) -> None:

@@ -12,6 +12,7 @@ import pickle
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 
@@ -341,3 +342,27 @@ def test_params_are_listed_and_validated(tmp_path):
 def test_set_up_stage_pickles_without_its_pool(open_stage):
     clone = pickle.loads(pickle.dumps(open_stage))
     assert clone.config == open_stage.config and not clone._ready and "_pool" not in clone.__dict__
+
+
+EXIT_AFTER_RAY_KILLED_CHILDREN = """
+import os, signal, time
+from multiprocessing import resource_tracker
+from stages import download
+if __name__ == "__main__":
+    download.worker_pool(1)
+    # what Ray's core worker does as an actor exits: SIGKILL every child, the resource tracker included
+    os.kill(resource_tracker._resource_tracker._pid, signal.SIGKILL)
+    time.sleep(0.5)
+"""
+
+
+def test_exit_after_the_resource_tracker_was_killed_is_quiet(tmp_path):
+    """The download pool's semaphores are cleaned up at exit without a KeyError traceback apiece (seen at
+    the end of every Ray download pass before: a new tracker was started to unregister names it never saw)."""
+    script = tmp_path / "exit_after_kill.py"
+    script.write_text(EXIT_AFTER_RAY_KILLED_CHILDREN)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": repo, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "KeyError" not in proc.stderr and "died unexpectedly" not in proc.stderr, proc.stderr[-2000:]
