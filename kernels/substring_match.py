@@ -15,9 +15,9 @@ count once. Duplicate entries all match (every position holding the string), as 
 ``entry in text`` loop does (its pyahocorasick variant would keep only the last position).
 
 Speed, v1: whole-token matching over a trie of entry tokens (kernels/token_match.py explains why that is exact).
-Speed, v2 (and v1 with ``method="automaton"``): one Aho-Corasick pass (pyahocorasick) over all captions of a chunk joined by a separator character that no
-key contains, so no match can span two captions; end offsets map back to rows with numpy, and the per-match
-Python work is a C-level ``np.fromiter`` over the automaton's iterator.
+Speed, v2 (and v1 with ``method="automaton"``): one Aho-Corasick pass (pyahocorasick) over all captions of a chunk
+joined by a separator character that no key contains, so no match can span two captions; end offsets map back to
+rows with numpy, and the per-match Python work is a C-level ``np.fromiter`` over the automaton's iterator.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def prepare_text(text: str, version: str = "v1") -> str:
 
 @dataclass
 class EntryMatcher:
-    """An Aho-Corasick automaton over the spaced entries, plus what is needed to map keys back to entry ids."""
+    """A token trie (v1) or an Aho-Corasick automaton over the spaced entries, plus what maps keys to entry ids."""
 
     automaton: object | None  # pyahocorasick, for v2 and method="automaton"
     version: str
