@@ -84,6 +84,19 @@ def pool_size(stage: Stage, cluster: dict) -> int:
     return max(1, int(cluster.get("CPU", 1) // max(res.cpus, 0.01)))
 
 
+def read_args(first: Stage | None, cluster: dict, n_shards: int) -> dict:
+    """Resources of a pass's shard reads. Before a CPU stage they are that stage's own (its CPUs, a task pool
+    as large as its actor pool), so Ray Data fuses the read into the stage's operator: a shard is read where
+    it is processed and written, and its rows never cross the object store (on 2 cores that copy cost as
+    much as the work). Otherwise reading is I/O: no CPU reserved, so actors can take every core, bounded."""
+    from ray.data import TaskPoolStrategy
+
+    if first is not None and first.resources.gpus == 0:
+        size = pool_size(first, cluster) if uses_actors(first) else None
+        return {"num_cpus": first.resources.cpus, "compute": TaskPoolStrategy(size=size)}
+    return {"num_cpus": 0, "compute": TaskPoolStrategy(size=min(n_shards, max(2, int(cluster.get("CPU", 1)))))}
+
+
 def _ray_args(stage: Stage, cluster: dict, runner) -> dict:
     from ray.data import ActorPoolStrategy
 

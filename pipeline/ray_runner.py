@@ -144,9 +144,7 @@ def _segment_done(spec: shard_parts.PassSpec, shard: Shard) -> bool:
 def read_dataset(shards: list[Shard], source: tuple, cluster: dict, first: Stage | None = None):
     """A dataset of the shards' rows, one read task per shard, bookkeeping columns added.
 
-    When the pass starts with a CPU stage, the read is given that stage's resources so Ray Data fuses
-    it into the stage's operator: each shard is read where it is processed and written, and the
-    pass's rows never cross the object store (on a 2-core machine that copy cost as much as the work).
+    Its resources come from ``ray_adapter.read_args`` (fused into the pass's first CPU stage when there is one).
     """
     import ray.data
 
@@ -154,13 +152,8 @@ def read_dataset(shards: list[Shard], source: tuple, cluster: dict, first: Stage
 
     items = [{"path": s.path, "index": s.index, "format": s.format} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    if first is not None and first.resources.gpus == 0:
-        size = ray_adapter.pool_size(first, cluster) if ray_adapter.uses_actors(first) else None
-        return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow",
-                              num_cpus=first.resources.cpus, compute=ray.data.TaskPoolStrategy(size=size))
-    # Otherwise reading is I/O: it reserves no CPU so the stages' actors can take every core, bounded in number.
-    return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow", num_cpus=0,
-                          compute=ray.data.TaskPoolStrategy(size=min(len(items), max(2, int(cluster.get("CPU", 1))))))
+    return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow",
+                          **ray_adapter.read_args(first, cluster, len(items)))
 
 
 def _read_batch(batch: pa.Table, source: tuple):
