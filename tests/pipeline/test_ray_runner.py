@@ -266,3 +266,25 @@ def test_driver_killed_then_rerun_resumes(sample_dir, tmp_path, reference):
     assert manifest(out).equals(reference["manifest"])
     assert {p: os.path.getmtime(p) for p in done_before} == done_before  # checkpoints kept, not redone
     assert "basic_filter" in log.read_text()  # per-stage progress lines on stderr
+
+
+@pytest.mark.parametrize("stage_spec", [{"stage": "basic_filter"},  # an actor pool (fastText in setup)
+                                        {"stage": f"{__name__}:CaptionTop"}])  # a task (prepare step)
+def test_shard_reads_fuse_into_the_first_cpu_stage(ray_local, sample_dir, tmp_path, stage_spec):
+    """Rows must not cross the object store between reading a shard and its first stage: Ray Data fuses the
+    two operators only when their resources and pool sizes agree, which ``ray_adapter.read_args`` arranges."""
+    from pipeline import ray_adapter, ray_session
+    from pipeline.config import parse_pipeline
+    from pipeline.inputs import list_shards
+    from pipeline.plan import make_plan
+    from pipeline.ray_runner import read_dataset
+
+    ray_session.connect(None)
+    cfg = parse_pipeline({"input": str(sample_dir), "stages": [stage_spec]})
+    stages, shards = cfg.build_stages(), list_shards(cfg.input)
+    step = make_plan(stages)[0].steps[0]
+    cluster = ray_session.cluster_resources()
+    ds = read_dataset(shards, ("input", cfg.columns, stages[0]), cluster, step.stage)
+    ds = ray_adapter.map_step(ds, step, 0, cluster).materialize()
+    assert ds.count() == 400
+    assert "MapBatches(_read_batch)->MapBatches(" in ds.stats()
