@@ -1,7 +1,7 @@
 """CPU image preprocessing for CLIP scoring, images/s on the real COCO photos.
 
 Ours: kernels.image.preprocess_cpu (n/8-scaled libjpeg-turbo decode + torch antialiased resize) + one batched
-normalisation. Reference, same run, same images: PIL decode + open_clip's own eval transform
+normalisation, each crop converted straight into a reused batch buffer, as the scoring engine does on CPU. Reference, same run, same images: PIL decode + open_clip's own eval transform
 (Resize/CenterCrop/ToTensor/Normalize) + torch.stack, i.e. what a plain open_clip loop does.
 Both are measured with 1 thread and with a thread pool of --threads (PIL releases the GIL while
 decoding and resizing, so a pool scales both). Best of --rounds, rounds interleaved.
@@ -17,7 +17,6 @@ import pathlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 
 COCO = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images" / "coco"
 
@@ -55,11 +54,14 @@ def main(argv=None) -> None:
         return K.preprocess_cpu(d, [spec])[0]
 
     pool = ThreadPoolExecutor(args.threads)
+    # the scoring engine normalises into a batch buffer it reuses across chunks (stages/_clip_engine.py);
+    # the reference stacks fresh tensors, as open_clip's transform + a DataLoader's collate do
+    batch = torch.empty((len(datas), 3, args.size, args.size))
     runs = {
         "open_clip transform, 1 thread": lambda: torch.stack([ref_one(d) for d in datas]),
-        "winnow kernels,      1 thread": lambda: K.normalize_batch(np.stack([ours_one(d) for d in datas]), spec),
+        "winnow kernels,      1 thread": lambda: K.normalize_batch([ours_one(d) for d in datas], spec, out=batch),
         f"open_clip transform, {args.threads} threads": lambda: torch.stack(list(pool.map(ref_one, datas))),
-        f"winnow kernels,      {args.threads} threads": lambda: K.normalize_batch(np.stack(list(pool.map(ours_one, datas))), spec),
+        f"winnow kernels,      {args.threads} threads": lambda: K.normalize_batch(list(pool.map(ours_one, datas)), spec, out=batch),
     }
     best = {name: float("inf") for name in runs}
     best_cpu = {name: float("inf") for name in runs}

@@ -232,25 +232,51 @@ def _preprocess_jpeg(data, specs: list[PreprocessSpec], exif: bool, max_pixels: 
     return out
 
 
-def normalize_batch(pixels, spec: PreprocessSpec, dtype=None):
-    """uint8/float pixels (N, H, W, 3) or (N, 3, H, W) in 0..255 -> normalised (N, 3, H, W) of ``dtype``.
+def normalize_batch(pixels, spec: PreprocessSpec, dtype=None, out=None):
+    """Pixels in 0..255 -> normalised (N, 3, H, W) float32 (or ``dtype``).
 
-    ``x * 1/(255 std) - mean/std`` computed channel by channel straight into the output: each pass reads
-    one channel and writes one contiguous plane, 5-8x faster on CPU than permuting and converting the whole
-    batch first (which allocates and walks two batch-sized float copies).
+    ``pixels``: a batch, uint8 or float, (N, H, W, 3) or (N, 3, H, W); or a list of (H, W, 3) arrays of any
+    strides, e.g. ``preprocess_cpu``'s crops, which are views into planar resize output: each is converted
+    straight into its slot while it is in cache, with no stacked uint8 copy in between (~0.03 ms/image).
+    One converting copy into planar float32, then ``(x - 255 mean) * 1/(255 std)`` in place: three
+    streaming passes, 3x faster than per-channel strided arithmetic. ``out``: a float32 (N, 3, H, W)
+    buffer to reuse; a fresh batch-sized tensor costs more in page faults (~0.2 ms per 224 px image) than
+    the arithmetic itself.
     """
     import torch
 
-    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
-        pixels = pixels.copy()  # torch refuses to wrap read-only numpy memory (e.g. np.asarray of a PIL image)
-    x = torch.as_tensor(pixels)
-    if x.shape[-1] == 3 and x.shape[1] != 3:
-        x = x.permute(0, 3, 1, 2)
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    for c in range(3):
-        torch.mul(x[:, c], 1.0 / (255.0 * spec.std[c]), out=out[:, c])
-        out[:, c].add_(-spec.mean[c] / spec.std[c])
+    if isinstance(pixels, (list, tuple)):
+        images = [torch.from_numpy(_writeable(a)).permute(2, 0, 1) for a in pixels]
+        if out is None:
+            out = torch.empty((len(images), *images[0].shape), dtype=torch.float32) if images else torch.empty(0)
+        shift, scale = _affine(spec, out.device)
+        for x, slot in zip(images, out):
+            slot.copy_(x)
+            slot.sub_(shift[0]).mul_(scale[0])
+    else:
+        x = torch.as_tensor(_writeable(pixels))
+        if x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.permute(0, 3, 1, 2)
+        if out is None:
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        shift, scale = _affine(spec, x.device)
+        out.copy_(x)
+        out.sub_(shift).mul_(scale)
     return out if dtype in (None, torch.float32) else out.to(dtype).contiguous()
+
+
+def _writeable(a):
+    """torch refuses to wrap read-only numpy memory (e.g. np.asarray of a PIL image)."""
+    return a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
+
+
+def _affine(spec: PreprocessSpec, device):
+    """(255 mean, 1 / (255 std)) as (1, 3, 1, 1) float32 tensors."""
+    import torch
+
+    shift = torch.tensor([255.0 * m for m in spec.mean], dtype=torch.float32, device=device)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in spec.std], dtype=torch.float32, device=device)
+    return shift.view(1, 3, 1, 1), scale.view(1, 3, 1, 1)
 
 
 # ----------------------------------------------------------------------------------------- GPU path

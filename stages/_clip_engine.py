@@ -88,6 +88,8 @@ class ClipEngine:
         self.text_batch = 512 if cuda else 64
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="winnow-decode")
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="winnow-prefetch")
+        self._cpu_batches: dict = {}  # (preprocessing, turn parity) -> reused normalised batch (CPU device only)
+        self._cpu_turns: dict = {}  # preprocessing -> chunks prepared so far
         torch.backends.cuda.matmul.allow_tf32 = True
 
     def provenance(self) -> dict:
@@ -135,7 +137,8 @@ class ClipEngine:
         import torch
 
         try:
-            prep = prepared.result() if prepared is not None else self._prepare(chunk, images, captions)
+            # a retry runs beside the prefetched next chunk: fresh buffers, not the rotating pair
+            prep = prepared.result() if prepared is not None else self._prepare(chunk, images, captions, reuse=False)
             yield chunk, self._encode(prep)
         except Exception as exc:
             if not _is_oom(exc) or len(chunk) <= 1:
@@ -146,7 +149,7 @@ class ClipEngine:
             yield from self._process(chunk[:half], images, captions)
             yield from self._process(chunk[half:], images, captions)
 
-    def _prepare(self, chunk, images, captions) -> _Prepared:
+    def _prepare(self, chunk, images, captions, reuse: bool = True) -> _Prepared:
         import torch
 
         datas = [images[i] for i in chunk]
@@ -178,6 +181,10 @@ class ClipEngine:
             return prep
         where = {p: j for j, p in enumerate(ok)}
         for key, spec in self.pp_specs.items():
+            if not decoded and self.device.type == "cpu":  # each crop straight into a (reused) float batch
+                prep.pixels[key] = K.normalize_batch([cpu_out[p][0][key] for p in ok], spec,
+                                                     out=self._reused_cpu_batch(key, len(ok), spec) if reuse else None)
+                continue
             if not decoded:  # all decoded on CPU: ship uint8 (4x less than float) and normalise once, there
                 arr = torch.from_numpy(np.stack([cpu_out[p][0][key] for p in ok]))
                 prep.pixels[key] = K.normalize_batch(arr.to(self.device, non_blocking=True), spec)
@@ -201,6 +208,22 @@ class ClipEngine:
             if self.tok_key[col] not in prep.tokens:
                 prep.tokens[self.tok_key[col]] = m.tokenize(texts)
         return prep
+
+    def _reused_cpu_batch(self, key, n: int, spec: K.PreprocessSpec):
+        """A float32 (n, 3, H, W) buffer reused across chunks on CPU.
+
+        Two per preprocessing, taken in turn by successive ``_prepare`` calls: the prefetch thread fills
+        chunk k+1 while chunk k is encoded, and chunk k+2 is only prepared after k's encode returned
+        (``score`` submits it then), so a buffer is never rewritten while a model reads it.
+        """
+        import torch
+
+        turn = self._cpu_turns[key] = self._cpu_turns.get(key, 0) + 1
+        slot = (key, turn % 2)
+        buf = self._cpu_batches.get(slot)
+        if buf is None or buf.shape[0] < n:
+            buf = self._cpu_batches[slot] = torch.empty((max(n, self.batch), 3, *spec.size), dtype=torch.float32)
+        return buf[:n]
 
     def _cpu_one(self, data: bytes):
         """PIL path for one image: arrays for every exact spec, own-transform tensors for the others."""

@@ -182,6 +182,15 @@ def test_normalize_batch_equals_to_tensor_then_normalize():
     got = K.normalize_batch(arr, SPEC)
     assert torch.allclose(got, ref, atol=1e-5)
     assert K.normalize_batch(arr, SPEC, torch.float16).dtype == torch.float16
+    planar = torch.from_numpy(arr).permute(0, 3, 1, 2).float()  # float, channels first: the GPU path's input
+    assert torch.allclose(K.normalize_batch(planar, SPEC), ref, atol=1e-5)
+    buf = torch.full(ref.shape, float("nan"))
+    assert K.normalize_batch(arr, SPEC, out=buf) is buf and torch.allclose(buf, ref, atol=1e-5)
+    views = [torch.from_numpy(a.transpose(2, 0, 1).copy()).permute(1, 2, 0).numpy() for a in arr]  # planar memory
+    assert not views[0].flags.c_contiguous
+    buf.fill_(float("nan"))
+    assert K.normalize_batch(views, SPEC, out=buf) is buf and torch.allclose(buf, ref, atol=1e-5)
+    assert torch.allclose(K.normalize_batch(list(arr), SPEC), ref, atol=1e-5)
 
 
 def test_jpeg_header_reader():

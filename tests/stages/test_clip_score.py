@@ -221,6 +221,18 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny, sample_dir):
     assert engine.batch <= 8
 
 
+def test_chunks_on_cpu_reuse_two_batch_buffers_without_mixing_them(tiny, sample_dir):
+    """The prefetch thread normalises chunk k+1 while chunk k is encoded: the two rotating buffers
+    must never hand one chunk's pixels to another (small chunks: many turns)."""
+    table = pq.read_table(sample_dir / "shard-00003.parquet")
+    whole = scored(ClipScore(model=tiny, device="cpu", model_batch=1024), table)["clip_score"]
+    stage = ClipScore(model=tiny, device="cpu", model_batch=7)
+    chunked = scored(stage, table)["clip_score"]
+    np.testing.assert_allclose(chunked.to_numpy(zero_copy_only=False), whole.to_numpy(zero_copy_only=False),
+                               atol=1e-5, equal_nan=True)
+    assert len(stage._engine._cpu_batches) == 2 and sum(stage._engine._cpu_turns.values()) > 4
+
+
 def test_provenance_in_pipeline_json(tmp_path, tiny, sample_dir):
     import hashlib
 
