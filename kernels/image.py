@@ -4,14 +4,15 @@ open_clip's eval transform is: resize the shorter side to S (bicubic, antialiase
 convert to RGB, scale to [0, 1], normalise by mean/std. We reproduce it with less work:
 
 * CPU, gray/YCbCr JPEGs: libjpeg-turbo (simplejpeg) scales by n/8 inside the IDCT, so a 2000 px photo
-  is never fully decoded when 224 px are needed (never below the resize target, so no detail the
-  resize keeps is lost); torch's uint8 antialiased resize (PIL's filters) and the crop follow.
+  is never fully decoded when 224 px are needed (at most ``DRAFT_SLACK`` below the resize target, so
+  little of the detail the resize keeps is lost); torch's uint8 antialiased resize (PIL's filters) and
+  the crop follow.
 * CPU, everything else (and ``draft=False``, the exact reference): PIL, JPEG draft mode where allowed;
   only the centre-crop region is resampled (PIL ``resize`` with a source ``box``, same filter and phase
-  as resize-then-crop). Normalisation is one batched pass per channel either way.
+  as resize-then-crop). Normalisation: one converting copy per crop into a batch, then subtract/multiply.
 * GPU: nvJPEG batched decode (``torchvision.io.decode_jpeg`` on cuda), antialiased bicubic resize of
-  same-size groups, then one fused clamp/round/normalise/cast. ``resize_crop`` runs on any device,
-  so the CPU run of the same function is the reference the GPU test compares against.
+  same-size groups, then clamp/round and normalise/cast, elementwise on the device. ``resize_crop``
+  runs on any device, so the CPU run of the same function is the reference the GPU test compares against.
 
 Every input mode becomes RGB the way open_clip does it (alpha dropped, palette expanded), except
 that 16-bit images are scaled to 8 bits (PIL's plain convert would clip them to white) and the EXIF
