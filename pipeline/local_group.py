@@ -1,16 +1,18 @@
 """The local runner's group barrier in bounded memory: an on-disk hash shuffle of the narrow rows.
 
-Per key of the stage (``group_keys()``, one pass each, in order):
+When the stage names the columns deciding reads (``decide_columns()``), each shard is first copied
+with only those; the passes rewrite these narrow copies, and the full rows (image bytes) are written
+once at the end — not once per key (dedup_phash at radius 6 has 7 keys). Per key, in order:
 
-1. **spill**: each shard's live rows that have a key — only the columns deciding reads
-   (``decide_columns()``), plus ``__shard``/``__row`` — are split by a hash of the key into P partition
-   files; P is chosen so a partition holds about ``ROWS_PER_PARTITION`` rows;
+1. **spill**: each shard's live rows that have the key, plus ``__shard``/``__row``, are split by a hash
+   of the key into P partition files; P is chosen so a partition holds about ``ROWS_PER_PARTITION`` rows;
 2. **decide**: each partition (every row of a key value is in the same one) is decided with
    ``plan.group_live_rows`` and its decided columns are written back per shard;
-3. **patch**: each shard's full rows are read once, the decided columns swapped in by ``__row``, written.
+3. **patch**: each shard's copy gets the decided columns swapped in by ``__row``.
 
 Memory is one partition plus one shard, whatever the run's size; a run small enough for one partition
-does exactly what the in-memory barrier did. The Ray runner does the same with Ray Data's shuffle.
+does exactly what the in-memory barrier did. The Ray runner does the same with Ray Data's shuffle, and
+hands a run of at most ``ROWS_PER_PARTITION`` rows to ``decide_narrow`` in one task.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import outputs
+from pipeline import outputs, shard_parts
 from pipeline import plan as plan_mod
 from stages.base import REJECT_REASON, REJECT_STAGE, GroupStage, live_mask
 
@@ -34,34 +36,80 @@ SHARD, ROW = "__shard", "__row"
 
 def group_barrier(stage: GroupStage, parts: list[str], done: list[str], work: str) -> dict:
     """Decide ``stage`` over every part (one per shard), writing ``done``; returns the stage's counts."""
+    shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted run
+    if stage.decide_columns() is None:  # deciding reads whole rows: every pass rewrites them
+        n_live = _count_live(parts)
+        decide_passes(stage, parts, work, final=done)
+        counts = stage_counts(stage, done, n_live)
+    else:  # the passes rewrite narrow copies; the full rows (image bytes) are written once, here
+        narrow, counts = decide_narrow(stage, parts, work)
+        for full, decided, dst in zip(parts, narrow, done):
+            shard_parts.apply_columns(full, decided, dst, decided_columns(stage))
+    shutil.rmtree(work, ignore_errors=True)
+    return counts
+
+
+def decide_narrow(stage: GroupStage, parts: list[str], work: str) -> tuple[list[str], dict]:
+    """Every key pass over copies of ``parts`` holding only the columns deciding reads, under ``work``:
+    (the decided copies, one per part, same rows in the same order; the stage's counts). The parts are
+    not touched. Also the Ray runner's barrier for a run small enough for one task."""
+    shutil.rmtree(work, ignore_errors=True)  # a retried task must not find the killed one's spill files
+    n_live = _count_live(parts)
+    narrow = decide_passes(stage, parts, work)
+    return narrow, stage_counts(stage, narrow, n_live)
+
+
+def decided_columns(stage: GroupStage) -> list[str]:
+    """The columns a group stage decides (what is swapped into the full rows)."""
+    return [REJECT_STAGE, REJECT_REASON, *stage.produces()]
+
+
+def decide_passes(stage: GroupStage, parts: list[str], work: str, final: list[str] | None = None) -> list[str]:
+    """One pass per ``group_keys()``, in order, each over the rows earlier passes left live. Writes the
+    whole rows to ``final`` when given; otherwise passes work on narrow copies (the stage must name its
+    ``decide_columns()``) and the last pass's copies are returned."""
     keys = stage.group_keys()
-    patched = [REJECT_STAGE, REJECT_REASON, *stage.produces()]
+    patched = decided_columns(stage)
     wanted = stage.decide_columns()
     if wanted is not None:
         wanted = list(dict.fromkeys(["uid", *keys, *patched, *wanted]))
     n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     n_parts = max(1, math.ceil(n_rows / ROWS_PER_PARTITION))
-    n_live = sum(plan_mod.count_live(pq.read_table(p, columns=[REJECT_STAGE])) for p in parts)
-    shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted run
     source = parts
+    if final is None:
+        source = [os.path.join(work, "narrow", f"shard-{s}.parquet") for s in range(len(parts))]
+        for path, copy in zip(parts, source):
+            names = pq.read_schema(path).names
+            outputs.write_parquet_atomic(pq.read_table(path, columns=[c for c in wanted if c in names]), copy)
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
-        target = done if last else [os.path.join(work, f"pass-{i}", f"shard-{s}.parquet") for s in range(len(parts))]
+        target = final if last and final is not None else [
+            os.path.join(work, f"pass-{i}", f"shard-{s}.parquet") for s in range(len(parts))]
         decided_dir = os.path.join(work, "decided")
         _decide_pass(stage, key, source, wanted, patched, n_parts, os.path.join(work, "spill"), decided_dir)
         for s, (src, dst) in enumerate(zip(source, target)):
-            _patch(src, dst, os.path.join(decided_dir, f"shard-{s}"), patched)
+            shard_dir = os.path.join(decided_dir, f"shard-{s}")
+            blocks = [os.path.join(shard_dir, f) for f in sorted(os.listdir(shard_dir))] if os.path.isdir(shard_dir) else []
+            shard_parts.patch_shard(src, dst, blocks, stage.instance_name)
         shutil.rmtree(decided_dir, ignore_errors=True)
-        if i > 0:
+        if source is not parts:
             shutil.rmtree(os.path.dirname(source[0]), ignore_errors=True)
         source = target
-    shutil.rmtree(work, ignore_errors=True)
+    return source
+
+
+def stage_counts(stage: GroupStage, decided: list[str], n_live: int) -> dict:
+    """rows in / kept / rejected by reason for ``stage``, from its decided parts."""
     rejected: Counter = Counter()
-    for p in done:
+    for p in decided:
         t = pq.read_table(p, columns=[REJECT_STAGE, REJECT_REASON])
         rejected.update(t.filter(pc.fill_null(pc.equal(t[REJECT_STAGE], stage.instance_name), False))
                         [REJECT_REASON].to_pylist())
     return {"rows_in": n_live, "kept": n_live - sum(rejected.values()), "rejected": dict(sorted(rejected.items()))}
+
+
+def _count_live(parts: list[str]) -> int:
+    return sum(plan_mod.count_live(pq.read_table(p, columns=[REJECT_STAGE])) for p in parts)
 
 
 def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[str] | None, patched: list[str],
@@ -112,20 +160,3 @@ def _partition(keys: pa.ChunkedArray, n_parts: int) -> np.ndarray:
     if values.dtype == object:
         values = np.asarray(values, dtype=object)
     return (pd.util.hash_array(values) % np.uint64(n_parts)).astype(np.int64)
-
-
-def _patch(src: str, dst: str, decided_dir: str, columns: list[str]) -> None:
-    """``src``'s full rows with the decided columns swapped in by ``__row``, written to ``dst``."""
-    full = pq.read_table(src)
-    if os.path.isdir(decided_dir):
-        decided = pa.concat_tables([pq.read_table(os.path.join(decided_dir, f)) for f in sorted(os.listdir(decided_dir))],
-                                   promote_options="permissive")
-        index = np.arange(full.num_rows)
-        index[decided[ROW].to_numpy()] = full.num_rows + np.arange(decided.num_rows)
-        index = pa.array(index)
-        for name in columns:
-            if name in decided.column_names and name in full.column_names:
-                old = full[name].combine_chunks()
-                new = pa.concat_arrays([old, decided[name].cast(old.type).combine_chunks()]).take(index)
-                full = full.set_column(full.schema.get_field_index(name), name, new)
-    outputs.write_parquet_atomic(full, dst)

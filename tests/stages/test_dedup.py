@@ -1,4 +1,5 @@
 """Exact and perceptual dedup through the real runners, across shards, on real photos and planted copies."""
+import glob
 import io
 
 import numpy as np
@@ -253,13 +254,19 @@ def test_winnow_sample_planted_duplicates_are_all_found(tmp_path, sample_dir):
 
 
 @pytest.mark.ray
-def test_local_and_ray_runners_decide_the_same(tmp_path, planted_pool, ray_local):
+@pytest.mark.parametrize("path", ["one task", "shuffle per key"])
+def test_local_and_ray_runners_decide_the_same(tmp_path, planted_pool, ray_local, monkeypatch, path):
+    from pipeline import ray_group
+
+    if path == "shuffle per key":  # what a run over ray_group.ONE_TASK_ROWS rows does
+        monkeypatch.setattr(ray_group, "ONE_TASK_ROWS", 0)
     table = planted_pool[0].slice(0, 140)  # 20 photos and their copies: Ray's fixed costs dominate anyway
     table = table.append_column("url", pa.array([f"http://h/{i % 120}" for i in range(table.num_rows)]))
     stages = [{"stage": "dedup_url"}, {"stage": "dedup_phash", "radius": 4}]
     shards = split(table, 3, seed=4)
     local = run_pipeline(tmp_path, shards, stages, "local")
     ray = run_pipeline(tmp_path, shards, stages, "ray", runner="ray")
+    assert not glob.glob(str(tmp_path / "ray-out" / "work" / "*" / "group-*.tmp"))  # scratch copies removed
     assert {u: (r["reject_stage"], r["reject_reason"], r["dup_of"]) for u, r in local.items()} == \
         {u: (r["reject_stage"], r["reject_reason"], r["dup_of"]) for u, r in ray.items()}
     reasons = [r["reject_reason"] for r in ray.values()]
