@@ -7,7 +7,7 @@ Both are measured with 1 thread and with a thread pool of --threads (PIL release
 decoding and resizing, so a pool scales both). Best of --rounds short rounds, interleaved: many short
 rounds find quiet moments for both sides on a shared machine (5 rounds of 200 images swung 2.7-3.3x).
 
-    python -m bench.clip_preprocess [--size 224] [--repeat 1] [--rounds 25] [--threads N]
+    python -m bench.clip_preprocess [--size 224] [--repeat 1] [--rounds 25] [--threads N] [--reencode 90:420]
 """
 from __future__ import annotations
 
@@ -22,11 +22,25 @@ from concurrent.futures import ThreadPoolExecutor
 COCO = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images" / "coco"
 
 
-def load_images(repeat: int) -> list[bytes]:
+def load_images(repeat: int, reencode: str = "") -> list[bytes]:
+    """The COCO photos as shipped (4:4:4, ~158 KB each), or re-encoded as ``Q:SUBSAMPLING`` (e.g. ``90:420``,
+    what most web JPEGs are) to see how the comparison moves with the encoding."""
     paths = sorted(COCO.glob("*.jpg"))
     if not paths:
         raise SystemExit(f"COCO photos not found in {COCO}")
-    return [p.read_bytes() for p in paths] * repeat
+    datas = [p.read_bytes() for p in paths]
+    if reencode:
+        from PIL import Image
+
+        quality, sub = reencode.split(":")
+        out = []
+        for d in datas:
+            buf = io.BytesIO()
+            Image.open(io.BytesIO(d)).convert("RGB").save(buf, "JPEG", quality=int(quality),
+                                                          subsampling={"444": 0, "422": 1, "420": 2}[sub])
+            out.append(buf.getvalue())
+        datas = out
+    return datas * repeat
 
 
 def main(argv=None) -> None:
@@ -35,6 +49,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="passes over the 50 photos per round")
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--reencode", default="", help="QUALITY:SUBSAMPLING, e.g. 90:420; default: the photos as shipped")
     args = ap.parse_args(argv)
 
     import open_clip
@@ -44,7 +59,7 @@ def main(argv=None) -> None:
     from kernels import image as K
 
     torch.set_num_threads(1)
-    datas = load_images(args.repeat)
+    datas = load_images(args.repeat, args.reencode)
     transform = open_clip.image_transform(args.size, is_train=False)  # ViT-B-32/L-14 defaults: bicubic, OpenAI mean/std
     spec = K.PreprocessSpec((args.size, args.size), open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
 
@@ -74,8 +89,9 @@ def main(argv=None) -> None:
             best_cpu[name] = min(best_cpu[name], time.process_time() - c0)
     rate = {name: len(datas) / s for name, s in best.items()}
     names = list(runs)
-    print(f"CLIP preprocessing, {len(datas)} COCO JPEGs ({len(datas) // args.repeat} photos x {args.repeat}), "
-          f"{args.size}px, best of {args.rounds}, cpu_count={os.cpu_count()}")
+    print(f"CLIP preprocessing, {len(datas)} COCO JPEGs ({len(datas) // args.repeat} photos x {args.repeat}"
+          f"{', re-encoded ' + args.reencode if args.reencode else ''}), {args.size}px, best of {args.rounds}, "
+          f"cpu_count={os.cpu_count()}")
     for name in names:
         print(f"  {name}: {rate[name]:8.1f} images/s (wall)")
     # single-threaded work measured in CPU time too: robust to other processes sharing the machine
