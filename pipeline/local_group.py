@@ -12,7 +12,7 @@ once at the end — not once per key (dedup_phash at radius 6 has 7 keys). Per k
 
 Memory is one partition plus one shard, whatever the run's size; a run small enough for one partition
 does exactly what the in-memory barrier did. The Ray runner does the same with Ray Data's shuffle, and
-hands a run of at most ``ROWS_PER_PARTITION`` rows to ``decide_narrow`` in one task.
+hands a small run (``ray_group.ONE_TASK_ROWS``) to ``decide_narrow`` in one task.
 """
 from __future__ import annotations
 

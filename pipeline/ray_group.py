@@ -26,7 +26,10 @@ from pipeline.stats import Progress
 from stages.base import REJECT_REASON, REJECT_STAGE, GroupStage
 
 MAX_PARTITIONS = 32
-ONE_TASK_ROWS = local_group.ROWS_PER_PARTITION  # runs up to this size are decided in a single task
+# Runs up to this size are decided in a single task: a Ray Data shuffle costs ~2.5 s of fixed time per key
+# (dedup_phash has 7), while one core decides 250k rows in seconds (SemDeDup, the costliest, ~30 us/row:
+# ~7 s); beyond it the shuffles spread the deciding over the cluster.
+ONE_TASK_ROWS = 250_000
 
 
 def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster: dict, progress: Progress) -> dict:
