@@ -2,7 +2,7 @@
 more open_clip models, cosine against the caption. Stage modules stay thin; this holds the batching.
 
 Per chunk of ``model_batch`` rows: JPEGs nvJPEG can take are decoded on the GPU (when there is one),
-everything else by PIL in a thread pool (draft mode, see kernels/image.py); each distinct
+everything else on the CPU in a thread pool (kernels/image.py; GPU: kernels/image_gpu.py); each distinct
 preprocessing (size/mean/std) is computed once and shared by the models that use it; captions are
 tokenised once per tokenizer. The next chunk is prepared in a background thread while the current
 one is encoded. A CUDA out-of-memory error halves the chunk and retries (and keeps the smaller size).
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels import image as K
+from kernels import image_gpu, jpeg_header
 from pipeline.errors import WinnowError
 
 
@@ -156,7 +157,7 @@ class ClipEngine:
         gpu_pos, infos = [], {}
         if self.use_gpu_decode:
             for p, d in enumerate(datas):
-                info = K.jpeg_info(d)
+                info = jpeg_header.jpeg_info(d)
                 if info and info.gpu_ok and info.width * info.height <= self.max_pixels:
                     gpu_pos.append(p)
                     infos[p] = info
@@ -164,11 +165,11 @@ class ClipEngine:
         futures = {p: self.pool.submit(self._cpu_one, d) for p, d in enumerate(datas) if p not in gpu_set}
         decoded = {}
         if gpu_pos:
-            for p, img in zip(gpu_pos, K.decode_jpeg_gpu([datas[p] for p in gpu_pos], self.device)):
+            for p, img in zip(gpu_pos, image_gpu.decode_jpeg_gpu([datas[p] for p in gpu_pos], self.device)):
                 if img is None:  # nvJPEG refused it: PIL gets a chance (and names the problem)
                     futures[p] = self.pool.submit(self._cpu_one, datas[p])
                 else:
-                    decoded[p] = K.orient(img, infos[p].orientation) if self.exif else img
+                    decoded[p] = jpeg_header.orient(img, infos[p].orientation) if self.exif else img
         cpu_out, errors = {}, {}
         for p, fut in futures.items():
             try:
@@ -192,7 +193,7 @@ class ClipEngine:
             out = torch.empty((len(ok), 3, *spec.size), dtype=torch.float32, device=self.device)
             gpu_ok = [p for p in ok if p in decoded]
             if gpu_ok:
-                out[[where[p] for p in gpu_ok]] = K.resize_crop([decoded[p] for p in gpu_ok], spec)
+                out[[where[p] for p in gpu_ok]] = image_gpu.resize_crop([decoded[p] for p in gpu_ok], spec)
             cpu_ok = [p for p in ok if p in cpu_out]
             if cpu_ok:
                 arr = torch.from_numpy(np.stack([cpu_out[p][0][key] for p in cpu_ok]))

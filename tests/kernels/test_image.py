@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from kernels import image as K
+from kernels import image_gpu, jpeg_header
 from tests.tiny_clip import encode
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -150,6 +151,26 @@ def png_claiming_size(w, h):
     return bytes(data)
 
 
+def test_resize_hwc_is_pils_resize_for_mild_steps_and_antialiased_for_large_ones():
+    def pil(a, size):
+        return np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC)).astype(float)
+
+    stripes = np.zeros((300, 300, 3), np.uint8)
+    stripes[:, ::2] = 255
+    stripes[::3] = 40
+    cases = {  # name: (pixels, size, mean |ours - PIL| allowed in grey levels)
+        "after an n/8 decode": (np.asarray(photo(320, 240, seed=1)), (299, 224), 1.0),
+        "1-px stripes / 3": (stripes, (100, 100), 0.1),  # unantialiased cubic: ~127 (aliasing)
+        "noise x 7": (np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8), (280, 210), 0.1),
+    }
+    for name, (pixels, size, allowed) in cases.items():
+        got = K.resize_hwc(pixels, size)
+        assert got.shape == (size[1], size[0], 3) and got.dtype == np.uint8, name
+        assert np.abs(got - pil(pixels, size)).mean() < allowed, name
+    same = np.asarray(photo(64, 48))
+    assert K.resize_hwc(same, (64, 48)) is same
+
+
 def test_decode_errors_have_precise_reasons():
     good = encode(photo(64, 64), "JPEG")
     huge = png_claiming_size(20000, 20000)
@@ -195,16 +216,16 @@ def test_normalize_batch_equals_to_tensor_then_normalize():
 
 def test_jpeg_header_reader():
     base = photo(123, 45)
-    info = K.jpeg_info(exif_jpeg(base, 6))
+    info = jpeg_header.jpeg_info(exif_jpeg(base, 6))
     assert (info.width, info.height, info.components, info.orientation, info.gpu_ok) == (123, 45, 3, 6, True)
-    assert not K.jpeg_info(encode(base, "JPEG", progressive=True)).gpu_ok  # PIL decodes those
-    assert K.jpeg_info(encode(base.convert("L"), "JPEG")).components == 1
-    assert not K.jpeg_info(encode(base.convert("CMYK"), "JPEG")).gpu_ok
-    assert K.jpeg_info(encode(base, "PNG")) is None
-    assert K.jpeg_info(b"\xff\xd8\xff") is None and K.jpeg_info(None) is None
+    assert not jpeg_header.jpeg_info(encode(base, "JPEG", progressive=True)).gpu_ok  # PIL decodes those
+    assert jpeg_header.jpeg_info(encode(base.convert("L"), "JPEG")).components == 1
+    assert not jpeg_header.jpeg_info(encode(base.convert("CMYK"), "JPEG")).gpu_ok
+    assert jpeg_header.jpeg_info(encode(base, "PNG")) is None
+    assert jpeg_header.jpeg_info(b"\xff\xd8\xff") is None and jpeg_header.jpeg_info(None) is None
     # big-endian EXIF too
     tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + struct.pack(">HHIHH", 0x0112, 3, 1, 8, 0) + b"\x00" * 4
-    assert K._tiff_orientation(tiff) == 8
+    assert jpeg_header._tiff_orientation(tiff) == 8
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -214,7 +235,7 @@ def test_tensor_orientation_matches_pil(orientation):
     raw = Image.open(io.BytesIO(data))
     raw.load()
     want = np.asarray(ImageOps.exif_transpose(raw))
-    got = K.orient(torch.from_numpy(np.asarray(raw).copy()).permute(2, 0, 1), orientation).permute(1, 2, 0)
+    got = jpeg_header.orient(torch.from_numpy(np.asarray(raw).copy()).permute(2, 0, 1), orientation).permute(1, 2, 0)
     np.testing.assert_array_equal(got.numpy(), want)
 
 
@@ -222,7 +243,7 @@ def test_torch_resize_crop_matches_pil_path():
     """resize_crop is the GPU kernel; on CPU it must already agree with the PIL reference."""
     imgs = [photo(640, 480, 1), photo(480, 640, 2), photo(640, 480, 3), photo(300, 300, 4)]
     tensors = [torch.from_numpy(np.asarray(i).copy()).permute(2, 0, 1) for i in imgs]
-    got = K.normalize_batch(K.resize_crop(tensors, SPEC), SPEC)
+    got = K.normalize_batch(image_gpu.resize_crop(tensors, SPEC), SPEC)
     ref = torch.stack([open_clip_transform()(i) for i in imgs])
     assert got.shape == ref.shape
     assert (got - ref).abs().mean() < 0.01
@@ -233,15 +254,15 @@ def test_torch_resize_crop_matches_pil_path():
 def test_gpu_decode_and_resize_match_cpu_reference(coco_dir):
     datas = [p.read_bytes() for p in sorted(coco_dir.glob("*.jpg"))[:16]]
     dev = torch.device("cuda")
-    decoded = K.decode_jpeg_gpu(datas, dev)
+    decoded = image_gpu.decode_jpeg_gpu(datas, dev)
     for data, img in zip(datas, decoded):
         ref = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()).permute(2, 0, 1)
         assert img is not None and img.shape == ref.shape
         assert (img.cpu().float() - ref.float()).abs().mean() < 2.0  # nvJPEG vs libjpeg IDCT rounding
-    cpu = K.resize_crop([d.cpu() for d in decoded], SPEC)
-    gpu = K.resize_crop(decoded, SPEC).cpu()
+    cpu = image_gpu.resize_crop([d.cpu() for d in decoded], SPEC)
+    gpu = image_gpu.resize_crop(decoded, SPEC).cpu()
     assert (gpu - cpu).abs().max() <= 1.0
-    norm = K.normalize_batch(K.resize_crop(decoded, SPEC), SPEC, torch.float16).float().cpu()
+    norm = K.normalize_batch(image_gpu.resize_crop(decoded, SPEC), SPEC, torch.float16).float().cpu()
     assert (norm - K.normalize_batch(cpu, SPEC)).abs().max() < 0.02
-    bad = K.decode_jpeg_gpu([datas[0], b"\xff\xd8\xff\xe0garbage", datas[1]], dev)
+    bad = image_gpu.decode_jpeg_gpu([datas[0], b"\xff\xd8\xff\xe0garbage", datas[1]], dev)
     assert bad[0] is not None and bad[1] is None and bad[2] is not None
