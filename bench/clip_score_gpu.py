@@ -39,7 +39,7 @@ def run_one(arch: str, images, captions, device: str, batch: int, workers: int, 
         sync()
         ours = min(ours, time.perf_counter() - t0)
     n_ref = min(reference_images, len(images))
-    ref = reference(m.model, m.preprocess, m.tokenizer, images[:n_ref], captions[:n_ref], batch, workers,
+    ref = reference(m.model, m.preprocess, m.open_clip_tokenizer, images[:n_ref], captions[:n_ref], batch, workers,
                     device=device, dtype=m.input_dtype)
     engine.close()
     del engine, m

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernels.clip_tokenizer import fast_tokenizer
 from pipeline.errors import WinnowError
 
 PREFIX = "open_clip:"
@@ -159,6 +160,11 @@ class LoadedModel:
     def tokenize(self, captions: list[str]):
         return self.tokenizer(captions)
 
+    @property
+    def open_clip_tokenizer(self):
+        """open_clip's own tokenizer, for reference loops (``tokenizer`` may be its faster twin, same ids)."""
+        return getattr(self.tokenizer, "simple", self.tokenizer)
+
     def encode_image(self, pixels):
         return self.model.encode_image(pixels.to(self.device, self.input_dtype, non_blocking=True))
 
@@ -193,7 +199,7 @@ def load_model(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp3
         raise _load_error(parsed, exc) from None
     model.eval()
     weights = weights_file(parsed) if load_weights else None
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = fast_tokenizer(open_clip.get_tokenizer(name))  # same ids as open_clip's, faster
     cfg = dict(model.visual.preprocess_cfg)
     return LoadedModel(parsed, model, preprocess, cfg, tokenizer, model.logit_scale.device,
                        open_clip.get_input_dtype(precision) or _float32(), weights,

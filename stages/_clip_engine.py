@@ -82,8 +82,7 @@ class ClipEngine:
             self.pp_key[col] = key
             if spec.exact:
                 self.pp_specs[spec] = spec
-        self.tok_key = {col: ("simple", m.tokenizer.context_length) if _simple(m.tokenizer) else col
-                        for col, m in self.models.items()}
+        self.tok_key = {col: getattr(m.tokenizer, "share_key", col) for col, m in self.models.items()}
         self.use_gpu_decode = cuda and self.gpu_decode
         self.batch = self.model_batch or (256 if cuda else 64)
         self.text_batch = 512 if cuda else 64
@@ -276,11 +275,6 @@ class ClipEngine:
         for ex in (getattr(self, "pool", None), getattr(self, "prefetch", None)):
             if ex is not None:
                 ex.shutdown(wait=False)
-
-
-def _simple(tokenizer) -> bool:
-    """open_clip's SimpleTokenizer instances with one context length tokenise identically: share them."""
-    return type(tokenizer).__name__ == "SimpleTokenizer"
 
 
 def _to_pil(chw):

@@ -38,7 +38,7 @@ def reference_scores(spec: str, images: list[bytes], captions: list[str], exif: 
             im = Image.open(io.BytesIO(data))
             pics.append(m.preprocess(ImageOps.exif_transpose(im) if exif else im))
         img = m.model.encode_image(torch.stack(pics))
-        txt = m.model.encode_text(m.tokenizer(captions))
+        txt = m.model.encode_text(m.open_clip_tokenizer(captions))
         img = torch.nn.functional.normalize(img, dim=-1)
         txt = torch.nn.functional.normalize(txt, dim=-1)
         return (img * txt).sum(-1).numpy()
