@@ -1,7 +1,8 @@
 """CPU image preprocessing for CLIP scoring, images/s on the real COCO photos.
 
-Ours: kernels.image.preprocess_cpu (n/8-scaled libjpeg-turbo decode + the mild resize left, by OpenCV) + one batched
-normalisation, each crop converted straight into a reused batch buffer, as the scoring engine does on CPU. Reference, same run, same images: PIL decode + open_clip's own eval transform
+Ours: kernels.image.preprocess_cpu (n/8-scaled libjpeg-turbo decode + the mild resize left, by OpenCV) + one
+batched normalisation, each crop converted straight into a reused batch buffer, as the scoring engine does on
+CPU. Reference, same run, same images: PIL decode + open_clip's own eval transform
 (Resize/CenterCrop/ToTensor/Normalize) + torch.stack, i.e. what a plain open_clip loop does.
 Both are measured with 1 thread and with a thread pool of --threads (PIL releases the GIL while
 decoding and resizing, so a pool scales both). Best of --rounds short rounds, interleaved: many short

@@ -80,14 +80,15 @@ def main(argv=None) -> None:
                         allow_random=True)
     engine.setup()
     m = engine.models["score"]  # the very same model object for the reference loop
+    ref_parts = (m.model, m.preprocess, m.open_clip_tokenizer)  # open_clip's own tokenizer, as a plain loop has
     engine.score(images[: args.batch], captions[: args.batch])  # warm-up both paths once
-    reference(m.model, m.preprocess, m.open_clip_tokenizer, images[: args.batch], captions[: args.batch], args.batch, 0)
+    reference(*ref_parts, images[: args.batch], captions[: args.batch], args.batch, 0)
     ours_s, ref_s = float("inf"), float("inf")
     for _ in range(args.rounds):
         t0 = time.perf_counter()
         scores = engine.score(images, captions).scores["score"]
         ours_s = min(ours_s, time.perf_counter() - t0)
-        ref_s = min(ref_s, reference(m.model, m.preprocess, m.open_clip_tokenizer, images, captions, args.batch, args.workers))
+        ref_s = min(ref_s, reference(*ref_parts, images, captions, args.batch, args.workers))
     assert len(scores) == len(images)
     n = len(images)
     print(f"CLIP scoring on CPU, {args.model} (random weights), {n} COCO photos + captions, batch {args.batch}, "
