@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: test demo setup bench clean
+.PHONY: test lint demo setup bench clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +18,11 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 
 setup: $(BIN)/.installed
 
-test: setup
-	sh tests/pipeline/install_chromium.sh  # headless Chromium for the report tests (Debian package)
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
+	sh tests/pipeline/report/install_chromium.sh  # headless Chromium for the report tests (Debian package)
 	$(BIN)/python -m pytest -q tests
 
 demo: setup

@@ -12,9 +12,9 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the bar says
 
-from pipeline.inputs import list_shards, read_shard  # noqa: E402
-from pipeline.plan import Step  # noqa: E402
-from stages.basic_filter import BasicFilter  # noqa: E402
+from winnow.pipeline.inputs import list_shards, read_shard  # noqa: E402
+from winnow.pipeline.plan import Step  # noqa: E402
+from winnow.stages.filter.basic import BasicFilter  # noqa: E402
 
 TSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "captions", "cc3m_val.tsv")
 

@@ -19,7 +19,6 @@ import pathlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-
 COCO = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "images" / "coco"
 
 
@@ -57,7 +56,7 @@ def main(argv=None) -> None:
     import torch
     from PIL import Image
 
-    from kernels import image as K
+    from winnow.kernels import image as K
 
     torch.set_num_threads(1)
     datas = load_images(args.repeat, args.reencode)
@@ -71,14 +70,15 @@ def main(argv=None) -> None:
         return K.preprocess_cpu(d, [spec])[0]
 
     pool = ThreadPoolExecutor(args.threads)
-    # the scoring engine normalises into a batch buffer it reuses across chunks (stages/_clip_engine.py);
+    # the scoring engine normalises into a batch buffer it reuses across chunks (stages/filter/clip_engine.py);
     # the reference stacks fresh tensors, as open_clip's transform + a DataLoader's collate do
     batch = torch.empty((len(datas), 3, args.size, args.size))
     runs = {
         "open_clip transform, 1 thread": lambda: torch.stack([ref_one(d) for d in datas]),
         "winnow kernels,      1 thread": lambda: K.normalize_batch([ours_one(d) for d in datas], spec, out=batch),
         f"open_clip transform, {args.threads} threads": lambda: torch.stack(list(pool.map(ref_one, datas))),
-        f"winnow kernels,      {args.threads} threads": lambda: K.normalize_batch(list(pool.map(ours_one, datas)), spec, out=batch),
+        f"winnow kernels,      {args.threads} threads": lambda:
+            K.normalize_batch(list(pool.map(ours_one, datas)), spec, out=batch),
     }
     best = {name: float("inf") for name in runs}
     best_cpu = {name: float("inf") for name in runs}

@@ -72,7 +72,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from stages._clip_engine import ClipEngine
+    from winnow.stages.filter.clip_engine import ClipEngine
 
     torch.set_num_threads(args.threads)
     images, captions = load_pairs(args.images)

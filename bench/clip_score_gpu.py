@@ -23,7 +23,7 @@ from bench.clip_score_cpu import load_pairs, reference
 def run_one(arch: str, images, captions, device: str, batch: int, workers: int, rounds: int, reference_images: int):
     import torch
 
-    from stages._clip_engine import ClipEngine
+    from winnow.stages.filter.clip_engine import ClipEngine
 
     engine = ClipEngine({"score": f"open_clip:{arch}"}, device=device, model_batch=batch, threads=workers,
                         allow_random=True)

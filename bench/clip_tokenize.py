@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     import open_clip.tokenizer as oct
     import torch
 
-    from kernels.clip_tokenizer import fast_tokenizer
+    from winnow.kernels.clip_tokenizer import fast_tokenizer
 
     if not CC3M.is_file():
         raise SystemExit(f"CC3M captions not found at {CC3M}")

@@ -1,6 +1,6 @@
 """Download throughput: winnow's download stage vs raw img2dataset.download, same URLs, same run.
 
-A loopback server (tests/stages/http_fixtures.py) serves the real COCO photos under N distinct
+A loopback server (tests/stages/download/http_fixtures.py) serves the real COCO photos under N distinct
 URLs. Both sides use the same processes and threads, keep the original bytes and compute sha256:
 raw img2dataset with resize_mode="no", skip_reencode=True (its way of keeping JPEG bytes), one
 input shard per process; winnow's stage on the same list as one input shard, as the local runner
@@ -67,8 +67,8 @@ class _quiet:
 
 
 def run_winnow(table: pa.Table, processes: int, threads: int, cold: bool) -> tuple[float, int]:
-    from pipeline.plan import Step
-    from stages import download as download_mod
+    from winnow.pipeline.plan import Step
+    from winnow.stages.download import fetch as download_mod
 
     if cold:
         for pool in list(download_mod._POOLS.values()):
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         print(f"skipped: no photos in {COCO}")
         return 0
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from tests.stages.http_fixtures import FixtureServer
+    from tests.stages.download.http_fixtures import FixtureServer
 
     n = args.images
     raw_s, phase_s, cold_s, warm_s = [], [], [], []

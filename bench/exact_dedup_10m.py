@@ -72,8 +72,8 @@ def main() -> int:
     print(f"input: {args.rows:,} rows in {args.shards} shards ({time.perf_counter() - t0:.0f}s to generate)")
     rss_before = peak_rss_gib()
 
-    from pipeline.config import parse_pipeline
-    from pipeline.run import execute
+    from winnow.pipeline.config import parse_pipeline
+    from winnow.pipeline.run import execute
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = parse_pipeline({"input": src, "write_kept": False,
@@ -84,7 +84,8 @@ def main() -> int:
     rss = peak_rss_gib()
     for name, st in stats["stages"].items():
         print(f"  {name:<12} in {st['rows_in']:>11,}  rejected {st['rejected']}  {st['seconds']:.0f}s")
-    print(f"ours: {ours:.0f}s end to end ({args.rows / ours:,.0f} rows/s; {ours_cpu:.0f} CPU-s), peak RSS {rss:.2f} GiB "
+    print(f"ours: {ours:.0f}s end to end ({args.rows / ours:,.0f} rows/s; {ours_cpu:.0f} CPU-s), "
+          f"peak RSS {rss:.2f} GiB "
           f"(before the run: {rss_before:.2f} GiB)")
 
     t0, c0 = time.perf_counter(), cpu_seconds()

@@ -27,9 +27,9 @@ def main() -> None:
     args = ap.parse_args()
     pa.set_cpu_count(1)
 
-    from kernels import balance as bal
-    from stages._metaclip_support import entries_csr, utf8_buffers
-    from stages.metaclip import SAMPLE_SALT
+    from winnow.kernels import balance as bal
+    from winnow.stages.balance.entries import entries_csr, utf8_buffers
+    from winnow.stages.balance.metaclip import SAMPLE_SALT
 
     entries_col, uids = _synthetic(args.rows, args.entries)
     print(f"{args.rows:,} rows, {len(entries_col.values):,} matches over {args.entries:,} entries")

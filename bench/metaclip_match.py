@@ -33,9 +33,9 @@ def main() -> None:
     pa.set_cpu_count(1)  # one core: Arrow's readers/writers would otherwise use every core
     pa.set_io_thread_count(1)
 
-    from kernels import substring_match as sm
-    from pipeline.plan import Step
-    from stages.metaclip import MetaCLIPBalance
+    from winnow.kernels import substring_match as sm
+    from winnow.pipeline.plan import Step
+    from winnow.stages.balance.metaclip import MetaCLIPBalance
 
     with open(args.captions, encoding="utf-8") as f:
         captions = [line.rstrip("\n").split("\t")[0] for line in f]

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from kernels.hamming import pairs_within
-from kernels.phash import phash_bytes
+from winnow.kernels.hamming import pairs_within
+from winnow.kernels.phash import phash_bytes
 
 COCO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "images", "coco")
 

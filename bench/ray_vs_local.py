@@ -34,7 +34,7 @@ def make_data(path: str, shards: int, rows_per_shard: int, base_rows: int = 2000
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.sample import generate
+    from winnow.pipeline.tools.sample import generate
 
     base, _ = generate(min(base_rows, rows_per_shard * shards), seed=3, mismatch=0.0)
     os.makedirs(path, exist_ok=True)
@@ -90,7 +90,7 @@ def _pss(pid: int) -> int:
 def timed_run(pipeline: str, out: str, runner: str) -> tuple[float, int, str]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_ADDRESS": ""}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", pipeline, "--runner", runner,
+    proc = subprocess.Popen([sys.executable, "-m", "winnow.pipeline.cli", "run", pipeline, "--runner", runner,
                              "--output", out, "--quiet"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     mem = PeakMemory(proc.pid)

@@ -3,7 +3,7 @@
 Bar (issue 8): captions/s batched >= 3x one-at-a-time, same model, same settings, same images.
 Both figures come from the real stage (``Recaption.process_batch``: decode, prompt, processor,
 ``generate``, decode text), only ``gen_batch_size`` differs (16 vs 1). Models are the repo's
-tiny random-weight configs (pipeline/model_configs/vlm), loaded from a local directory through
+tiny random-weight configs (stages/models/configs/vlm), loaded from a local directory through
 ``from_pretrained``: BLIP (encoder-decoder style, fixed prompt, length buckets) and Qwen2-VL
 (decoder-only, chat template, alt-text in the prompt, so batches are left-padded). Greedy decoding,
 so the two runs must produce identical captions; the bench checks that too.
@@ -35,7 +35,7 @@ SETUPS = {  # arch -> prompt template
 
 def pool(rows: int) -> tuple[pa.Table, str]:
     """Real COCO photos when ../shared/data is there, else `winnow sample` scenes; captions of varied length."""
-    from pipeline.sample import PROBLEMS, generate
+    from winnow.pipeline.tools.sample import PROBLEMS, generate
 
     table, _ = generate(rows, seed=3, fractions={p: 0.0 for p in PROBLEMS})
     photos = sorted(glob.glob(os.path.join(COCO, "*.jpg")))
@@ -55,8 +55,8 @@ def timed(stage, table) -> tuple[float, float, list]:
 def main() -> None:
     import torch
 
-    from pipeline.tiny_vlm import build_tiny_vlm
-    from stages.recaption import Recaption
+    from winnow.stages.caption.recaption import Recaption
+    from winnow.stages.models.tiny_vlm import build_tiny_vlm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=64)

@@ -30,7 +30,8 @@ QWEN2_VL_2B = {
     "text_config": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
                     "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
                     "max_position_embeddings": 32768, "initializer_range": 0.02,
-                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}},
+                    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                        "mrope_section": [16, 24, 24]}},
     "tie_word_embeddings": True,
 }
 IMAGES = {"min_pixels": 56 * 56, "max_pixels": 448 * 448}
@@ -55,9 +56,9 @@ def main() -> int:
         print("recaption GPU bench: no CUDA GPU on this machine, skipped (run it on a GPU host)")
         return 0
 
-    from pipeline.sample import PROBLEMS, generate
-    from pipeline.tiny_vlm import build_tiny_vlm
-    from stages.recaption import Recaption
+    from winnow.pipeline.tools.sample import PROBLEMS, generate
+    from winnow.stages.caption.recaption import Recaption
+    from winnow.stages.models.tiny_vlm import build_tiny_vlm
 
     t0 = time.perf_counter()
     if args.smoke:
@@ -98,7 +99,8 @@ def main() -> int:
     print(f"  ours      batched x{args.batch:<4}: {rates['batched']:8.2f} captions/s ({args.rows} images)")
     print(f"  reference one at a time : {rates['single']:8.2f} captions/s ({shared} images)")
     peak = 0.0 if args.smoke else torch.cuda.max_memory_allocated() / 2**30
-    print(f"  speedup {rates['batched'] / rates['single']:.1f}x; peak GPU memory {peak:.1f} GiB; greedy captions identical on {agree}/{shared} "
+    print(f"  speedup {rates['batched'] / rates['single']:.1f}x; peak GPU memory {peak:.1f} GiB; "
+          f"greedy captions identical on {agree}/{shared} "
           "shared rows (bf16 kernels differ with batch shape, so random-weight argmax ties can flip)")
     return 0
 

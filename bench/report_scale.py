@@ -77,7 +77,8 @@ def build(run: str, rows: int, shards: int) -> None:
         stem = f"{k:05d}"
         pq.write_table(table, os.path.join(run, "manifest", f"part-{stem}.parquet"))
         img = pa.array([images[i] for i in rng.integers(0, len(images), n)], pa.binary())
-        work = table.select(["uid", "caption", "reject_stage", "reject_reason", "caption_synthetic"]).append_column("image", img)
+        work = table.select(["uid", "caption", "reject_stage", "reject_reason", "caption_synthetic"])
+        work = work.append_column("image", img)
         pq.write_table(work, os.path.join(run, "work", "seg-0", f"part-{stem}.parquet"))
         pq.write_table(work.filter(pa.array(kept)), os.path.join(run, "kept", f"part-{stem}.parquet"))
     _write_json(run, rows, totals, counts)
@@ -110,7 +111,7 @@ def _write_json(run: str, rows: int, totals: dict, counts: np.ndarray) -> None:
             "n_entries": ENTRIES, "t": 200.0, "entry_ids": nz.tolist(), "counts": counts[nz].tolist()}}}, f)
 
 
-OURS = "from pipeline.report import write_report; import sys; write_report(sys.argv[1])"
+OURS = "from winnow.pipeline.report.build import write_report; import sys; write_report(sys.argv[1])"
 REFERENCE = """
 import sys, numpy as np, pyarrow.parquet as pq
 t = pq.read_table(sys.argv[1] + '/manifest')

@@ -81,7 +81,7 @@ def reference(x: np.ndarray, n_clusters: int, sample: int, eps: float, seed: int
     """The same algorithm in memory: returns (seconds, rows removed)."""
     import faiss
 
-    from stages.semdedup import within_cluster_duplicates
+    from winnow.stages.dedup.semantic import within_cluster_duplicates
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -113,9 +113,9 @@ def main() -> int:
         print(f"input: {args.rows:,} x {D} float32 embeddings (side dataset {_size_gib(side):.2f} GiB), "
               f"{(source >= 0).sum():,} planted near copies; generated in {time.perf_counter() - t0:.0f}s")
 
-        from pipeline.config import parse_pipeline
-        from pipeline.run import execute
-        from stages.semdedup import SemDedup, SemDedupKMeans
+        from winnow.pipeline.config import parse_pipeline
+        from winnow.pipeline.run import execute
+        from winnow.stages.dedup.semantic import SemDedup, SemDedupKMeans
 
         timed(SemDedupKMeans, "prepare", "embedding lookup (side dataset join)")
         timed(SemDedupKMeans, "finalize", "k-means (faiss, spherical)")

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from examples.demo_eval import print_scorecard, scorecard
 from examples.demo_server import ImageServer
-from pipeline.sample import COLORS, PROBLEMS, SHAPES, generate, write_sample
+from winnow.pipeline.tools.sample import COLORS, PROBLEMS, SHAPES, generate
 
 ROWS = int(os.environ.get("WINNOW_DEMO_ROWS", "2000"))
 DFN_STEPS = int(os.environ.get("WINNOW_DEMO_DFN_STEPS", "150"))
@@ -37,7 +37,7 @@ def step(msg: str) -> None:
 
 def winnow(*args: str) -> None:
     """Run the real CLI, as a user would; stop the demo if it fails."""
-    cmd = [sys.executable, "-m", "pipeline.cli", *args]
+    cmd = [sys.executable, "-m", "winnow.pipeline.cli", *args]
     print("$ winnow " + " ".join(args), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -110,7 +110,7 @@ def main() -> int:
     step("3/5 derive MetaCLIP metadata from the pool's vocabulary; build a tiny random-weight captioner")
     metadata = os.path.join(OUT, "metadata.json")
     print(f"metadata: {metadata_from_vocabulary(metadata)} entries")
-    from pipeline.tiny_vlm import build_tiny_vlm
+    from winnow.stages.models.tiny_vlm import build_tiny_vlm
 
     vlm_dir = build_tiny_vlm("blip", os.path.join(OUT, "models", "tiny-blip-RANDOM-WEIGHTS"))
     print(f"captioner: {vlm_dir} (tiny, random weights: its captions are noise; use a real VLM id in production)")

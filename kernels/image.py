@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.jpeg_header import jpeg_info, orient
+from winnow.kernels.jpeg_header import jpeg_info, orient
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit
-DRAFT_SLACK = 0.15  # accept a draft up to 15% under the resize target (a 1.15x upscale): 640x427 photos then decode at 1/2
+# accept a draft up to 15% under the resize target (a 1.15x upscale): 640x427 photos then decode at 1/2
+DRAFT_SLACK = 0.15
 
 
 class DecodeError(Exception):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 
-from kernels.image import PreprocessSpec, resize_plan
+from winnow.kernels.image import PreprocessSpec, resize_plan
 
 
 def decode_jpeg_gpu(datas: list[bytes], device) -> list:

@@ -123,7 +123,8 @@ def gray32_batch(datas: list[bytes | None], threads: int = 1) -> tuple[np.ndarra
     return out, ok
 
 
-def phash_bytes(datas: list[bytes | None], threads: int = 1, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def phash_bytes(datas: list[bytes | None], threads: int = 1,
+                device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Encoded images -> ((B,) uint64 pHashes, (B,) bool ok); hashes of rows that failed are 0."""
     gray, ok = gray32_batch(datas, threads)
     if not ok.any():

@@ -30,8 +30,9 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-V1_PUNCTS_TO_WRAP = (",", ".", ";", ":", "?", "!", "`")
-V1_CHARS_TO_SPACE = ("\t", "\n", "\r")
+from winnow.kernels.caption_spacing import spacing
+from winnow.kernels.token_match import build_token_trie, match_tokens
+
 # MetaCLIP 2 treats these (besides string.punctuation) as punctuation when deciding whether to pad an entry.
 V2_EXTRA_PUNCTUATION = frozenset("，。、；：？！“”‘’（）【】《》〈〉「」『』～—")
 _CJK_LIKE_RANGES = (
@@ -43,16 +44,6 @@ _CJK_LIKE_RANGES = (
 VERSIONS = ("v1", "v2")
 # Texts are matched this many at a time: bounds the joined string and its numpy views.
 CHUNK_TEXTS = 65536
-
-
-def spacing(text: str) -> str:
-    """The reference's caption spacing (both versions apply it; v2 strips the caption first)."""
-    spaced = f" {text} "
-    for p in V1_PUNCTS_TO_WRAP:
-        spaced = spaced.replace(p, f" {p} ")
-    for c in V1_CHARS_TO_SPACE:
-        spaced = spaced.replace(c, " ")
-    return spaced
 
 
 def is_cjk_or_punct(char: str) -> bool:
@@ -123,8 +114,6 @@ def build_matcher(entries: Sequence[str], version: str = "v1", method: str = "au
             automaton.add_word(key, i)
     trie = None
     if by_tokens:
-        from kernels.token_match import build_token_trie
-
         trie = build_token_trie(distinct)
     else:
         automaton.make_automaton()
@@ -171,8 +160,6 @@ def match_texts(texts: Sequence[str | None] | pa.Array, matcher: EntryMatcher) -
 def _match_chunk(texts, matcher: EntryMatcher) -> tuple[np.ndarray, np.ndarray]:
     n = len(texts)
     if matcher.trie is not None:
-        from kernels.token_match import match_tokens
-
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
         return _to_csr(*match_tokens(texts, matcher.trie), n, matcher)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kernels.substring_match import V1_CHARS_TO_SPACE, V1_PUNCTS_TO_WRAP
+from winnow.kernels.caption_spacing import V1_CHARS_TO_SPACE, V1_PUNCTS_TO_WRAP
 
 
 @dataclass

@@ -7,20 +7,21 @@ import json
 import os
 import sys
 
-from pipeline.errors import WinnowError
+from winnow.stages.errors import WinnowError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def cmd_stages(args) -> int:
-    from stages import registry
-    from stages.base import GlobalStage, GroupStage
+    from winnow.stages import registry
+    from winnow.stages.base import GlobalStage, GroupStage
 
     for name, cls in registry().items():
         kind = "global" if issubclass(cls, GlobalStage) else "group" if issubclass(cls, GroupStage) else "map"
         res = cls.resources
-        print(f"{name}  [{kind}, cpus={res.cpus:g}, gpus={res.gpus:g}, batch_size={cls.batch_size}]")
+        gpus = "auto" if res.gpus is None else f"{res.gpus:g}"
+        print(f"{name}  [{kind}, cpus={res.cpus:g}, gpus={gpus}, batch_size={cls.batch_size}]")
         print(f"    {cls.help}")
         for p in cls.params:
             choices = f" one of {list(p.choices)}" if p.choices else ""
@@ -33,8 +34,8 @@ def cmd_stage(args) -> int:
     """One stage on one input in-process: a pipeline of one stage through the local runner."""
     import yaml
 
-    from pipeline.config import parse_columns, parse_pipeline, parse_set
-    from pipeline.run import execute
+    from winnow.pipeline.config import parse_columns, parse_pipeline, parse_set
+    from winnow.pipeline.run import execute
 
     params = {}
     if args.config:
@@ -56,8 +57,8 @@ def cmd_stage(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipeline.config import load_pipeline
-    from pipeline.run import execute
+    from winnow.pipeline.config import load_pipeline
+    from winnow.pipeline.run import execute
 
     cfg = load_pipeline(args.pipeline, {"output": args.output})
     if not cfg.output:
@@ -69,7 +70,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from pipeline.sample import write_sample
+    from winnow.pipeline.tools.sample import write_sample
 
     info = write_sample(args.output, args.rows, shards=args.shards, seed=args.seed, mismatch=args.mismatch)
     print(f"wrote {info['rows']} rows in {len(info['shards'])} shard(s) to {args.output}")
@@ -103,7 +104,7 @@ def _summary(stats: dict, out: str) -> None:
 
 def _maybe_report(out: str) -> None:
     """The run's outputs are complete before this; a report problem is a warning, not a failed run."""
-    from pipeline.report import write_report
+    from winnow.pipeline.report.build import write_report
 
     try:
         print(f"report: {write_report(out)}")
@@ -112,7 +113,8 @@ def _maybe_report(out: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="winnow", description="Curate image-text datasets: filter, dedup, balance, recaption.")
+    p = argparse.ArgumentParser(prog="winnow",
+                                description="Curate image-text datasets: filter, dedup, balance, recaption.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("stages", help="list every stage with its parameters")
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     s.add_argument("--output", help="output directory on the cluster")
     s.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
-    s.set_defaults(func=_delegate("pipeline.submit"))
+    s.set_defaults(func=_delegate("winnow.pipeline.submit"))
 
     s = sub.add_parser("sample", help="write synthetic image-text shards with planted problems")
     s.add_argument("--output", required=True)
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--lr", type=float, default=5e-4)
     s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=_delegate("pipeline.train_dfn"))
+    s.set_defaults(func=_delegate("winnow.pipeline.tools.train_dfn"))
 
     s = sub.add_parser("report", help="write RUN_DIR/report.html")
     s.add_argument("run_dir")
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sample-shards", type=int, default=4, help="shards the image samples are drawn from")
     s.add_argument("--thumb-px", type=int, default=128, help="longest side of the embedded thumbnails")
     s.add_argument("--seed", type=int, default=0, help="seed of the image sample")
-    s.set_defaults(func=_delegate("pipeline.report"))
+    s.set_defaults(func=_delegate("winnow.pipeline.report.build"))
     return p
 
 

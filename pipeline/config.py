@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import WinnowError
+from winnow.stages.errors import WinnowError
 
 TOP_LEVEL_KEYS = {"input", "columns", "output", "seed", "write_kept", "stages", "runner"}
 RUNNER_KEYS = {"address", "progress", "max_rows_per_file"}
@@ -46,7 +46,7 @@ class PipelineConfig:
 
     def build_stages(self):
         """Instantiate (and so validate) every stage; raises WinnowError on the first problem."""
-        from stages import get_stage
+        from winnow.stages import get_stage
 
         return [get_stage(s.type)(instance_name=s.name, seed=self.seed, **s.params) for s in self.stages]
 

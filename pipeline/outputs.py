@@ -1,44 +1,18 @@
-"""Writing a run's outputs (DESIGN.md §5): atomic, deterministic names, so retries overwrite."""
+"""A run's decision record and training set from its final rows: manifest and kept views, provenance."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
-import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import WinnowError
-from stages.base import REJECT_STAGE
+from winnow.pipeline.rundir import kept_part, manifest_part, write_parquet_atomic
+from winnow.stages.columns import REJECT_STAGE
 
 # Columns never copied into the manifest: bytes belong in kept/, not in the decision record.
 MANIFEST_EXCLUDED_TYPES = (pa.binary(), pa.large_binary())
-
-
-def ensure_writable_dir(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
-        probe.close()
-    except OSError as exc:
-        raise WinnowError(f"output {path}: not writable ({exc.strerror or exc})") from None
-
-
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-    os.replace(tmp, path)
 
 
 def manifest_view(table: pa.Table) -> pa.Table:
@@ -58,9 +32,9 @@ def kept_view(table: pa.Table) -> pa.Table:
 
 def write_table_outputs(table: pa.Table, stem: str, out: str, write_kept: bool) -> None:
     """manifest/part-STEM.parquet (+ kept/part-STEM.parquet) from a shard's final rows."""
-    write_parquet_atomic(manifest_view(table), os.path.join(out, "manifest", f"part-{stem}.parquet"))
+    write_parquet_atomic(manifest_view(table), manifest_part(out, stem))
     if write_kept:
-        write_parquet_atomic(kept_view(table), os.path.join(out, "kept", f"part-{stem}.parquet"))
+        write_parquet_atomic(kept_view(table), kept_part(out, stem))
 
 
 def shard_outputs(part: str, stem: str, out: str, write_kept: bool, in_pass: bool) -> tuple[int, int]:
@@ -69,8 +43,7 @@ def shard_outputs(part: str, stem: str, out: str, write_kept: bool, in_pass: boo
     before the part that marks the shard done, so a resumed run finds them too)."""
     import pyarrow.compute as pc
 
-    manifest = os.path.join(out, "manifest", f"part-{stem}.parquet")
-    kept = os.path.join(out, "kept", f"part-{stem}.parquet")
+    manifest, kept = manifest_part(out, stem), kept_part(out, stem)
     if not (in_pass and os.path.exists(manifest) and (not write_kept or os.path.exists(kept))):
         write_table_outputs(pq.read_table(part), stem, out, write_kept)
     rows = pq.read_metadata(manifest).num_rows

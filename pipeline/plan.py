@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import stats as stats_mod
-from stages.base import GlobalStage, GroupStage, MapStage, Stage, group_starts, live_mask, run_on_live_rows
+from winnow.pipeline import stats as stats_mod
+from winnow.stages.base import GlobalStage, GroupStage, MapStage, Stage, run_on_live_rows
+from winnow.stages.columns import group_starts, live_mask
+from winnow.stages.context import StageContext
 
 
 @dataclass
@@ -25,11 +27,13 @@ class Step:
     stage: Stage
     kind: str
     artifact: dict | None = None
+    context: StageContext | None = None  # what the runner owns, handed to the stage's setup
+
 
     def run(self, table: pa.Table) -> tuple[pa.Table, dict]:
         """Apply the step to the live rows; returns the table and this step's stats for its stage."""
         stage = self.stage
-        stage.ensure_setup()
+        stage.ensure_setup(self.context)
         n_live = count_live(table)
         t0 = time.perf_counter()
         if self.kind == "map":
@@ -55,17 +59,17 @@ class Segment:
     barrier: Stage | None = None  # GlobalStage or GroupStage ending this segment
 
 
-def make_plan(stages: list[Stage]) -> list[Segment]:
+def make_plan(stages: list[Stage], context: StageContext | None = None) -> list[Segment]:
     segments = [Segment()]
     for stage in stages:
         if isinstance(stage, (GlobalStage, GroupStage)):
-            segments[-1].steps.append(Step(stage, "prepare"))
+            segments[-1].steps.append(Step(stage, "prepare", context=context))
             segments[-1].barrier = stage
             segments.append(Segment())
             if isinstance(stage, GlobalStage):
-                segments[-1].steps.append(Step(stage, "apply"))
+                segments[-1].steps.append(Step(stage, "apply", context=context))
         elif isinstance(stage, MapStage):
-            segments[-1].steps.append(Step(stage, "map"))
+            segments[-1].steps.append(Step(stage, "map", context=context))
         else:
             raise TypeError(f"{stage!r} is not a MapStage, GlobalStage or GroupStage")
     if not segments[-1].steps and len(segments) > 1:

@@ -4,33 +4,29 @@ from __future__ import annotations
 import os
 import time
 
-import pyarrow.parquet as pq
-
-from pipeline import outputs
-from pipeline import stats as stats_mod
-from pipeline.config import PipelineConfig
-from pipeline.errors import WinnowError
-from pipeline.inputs import Shard, list_shards
-from pipeline.stats import Progress
+from winnow.pipeline import outputs, rundir
+from winnow.pipeline import stats as stats_mod
+from winnow.pipeline.config import PipelineConfig
+from winnow.pipeline.inputs import Shard, list_shards
+from winnow.pipeline.stats import Progress
+from winnow.stages.errors import WinnowError
 
 
 def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str | None = None,
             progress: bool = True) -> dict:
     """Run ``cfg`` into ``out``; returns the stats dict also written to OUT/stats.json."""
-    outputs.ensure_writable_dir(out)
+    rundir.ensure_writable_dir(out)
     shards = list_shards(cfg.input)
     stages = cfg.build_stages()
-    for stage in stages:  # stages with side outputs (e.g. clip_score embeddings) resolve relative paths here
-        stage.run_dir = os.path.abspath(out)
     prog = Progress(progress)
     t0 = time.perf_counter()
     if runner == "local":
-        from pipeline.local_runner import run_local
+        from winnow.pipeline.runners.local import run_local
 
         result = run_local(stages, shards, out, cfg.columns, prog, write_kept=cfg.write_kept)
     elif runner == "ray":
         try:
-            from pipeline.ray_runner import run_ray
+            from winnow.pipeline.runners.ray_data.runner import run_ray
         except ImportError as exc:
             raise WinnowError(f"runner 'ray' is not available ({exc})") from None
         result = run_ray(stages, shards, out, cfg.columns, prog, address=address, write_kept=cfg.write_kept)
@@ -50,8 +46,8 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
         "stages": {s.instance_name: stats_mod.finish(result["stages"].get(s.instance_name, _empty()))
                    for s in stages},
     }
-    outputs.write_json_atomic(run_stats, os.path.join(out, "stats.json"))
-    outputs.write_json_atomic({
+    rundir.write_json_atomic(run_stats, os.path.join(out, "stats.json"))
+    rundir.write_json_atomic({
         "config": cfg.to_dict() | {"output": os.path.abspath(out)},
         "runner": runner,
         "versions": outputs.package_versions(),

@@ -8,7 +8,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.base import REJECT_REASON, REJECT_STAGE
+from winnow.stages.columns import REJECT_REASON, REJECT_STAGE
 
 
 def count_stage(before_live: int, after: pa.Table, stage_name: str, seconds: float) -> dict:

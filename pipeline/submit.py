@@ -1,32 +1,33 @@
 """`winnow submit PIPELINE.yaml --address http://HEAD:8265 [--output DIR] [--wait]`: a run as a Ray job.
 
-The pipeline is validated here first (a typo fails on your machine, not on the cluster). The job's
-working_dir is this project (uploaded by the Jobs API), so the cluster runs exactly the code you
-have; the resolved pipeline travels in the job's environment and the job's entrypoint runs
-``python -m pipeline.cli run <it> --address auto`` on the head node. Input and output paths are made
+The pipeline is validated here first (a typo fails on your machine, not on the cluster). The job
+ships the ``winnow`` package you are running (its three folders, uploaded by the Jobs API as a
+``py_modules`` entry), so the cluster runs exactly the code you have; the resolved pipeline travels
+in the job's environment, and the job's entrypoint, ``python -m winnow.pipeline.submit --address
+auto`` on the head node, runs it as ``winnow run`` would. Input and output paths are made
 absolute against your current directory: they must name the same place on the cluster (a shared
 filesystem), which is where the run directory ends up.
 """
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import shutil
 import sys
 import tempfile
 import time
 
 import yaml
 
-from pipeline.errors import WinnowError
+from winnow.stages.errors import WinnowError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE_ENV = "WINNOW_PIPELINE_YAML"
-# Never uploaded: environments, VCS data, caches and run outputs (.gitignore is honoured as well).
-EXCLUDES = [".venv", ".git", "**/__pycache__", "*.pyc", ".pytest_cache", "out", "runs", "demo_out", "*.egg-info"]
+ROOTS = ("pipeline", "stages", "kernels")
 
 
 def main(args) -> int:
-    from pipeline.config import load_pipeline
+    from winnow.pipeline.config import load_pipeline
 
     cfg = load_pipeline(args.pipeline, {"output": args.output})
     if not cfg.output:
@@ -35,20 +36,34 @@ def main(args) -> int:
     if "://" not in cfg.input:
         resolved["input"] = os.path.abspath(cfg.input)
     client = _client(args.address)
-    job_id = _submit(
-        client,
-        entrypoint=f"{_python()} -m pipeline.submit --address auto",
-        runtime_env={"working_dir": REPO, "excludes": EXCLUDES,
-                     "env_vars": {PIPELINE_ENV: yaml.safe_dump(resolved, sort_keys=False),
-                                  "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
-                                  "NO_ALBUMENTATIONS_UPDATE": "1"}},
-        metadata={"winnow_pipeline": os.path.basename(args.pipeline), "winnow_output": resolved["output"]},
-    )
+    staging = tempfile.mkdtemp(prefix="winnow-job-")
+    try:
+        job_id = _submit(
+            client,
+            entrypoint=f"{_python()} -m winnow.pipeline.submit --address auto",
+            runtime_env={"py_modules": [_stage_package(staging)],
+                         "env_vars": {PIPELINE_ENV: yaml.safe_dump(resolved, sort_keys=False),
+                                      "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+                                      "NO_ALBUMENTATIONS_UPDATE": "1"}},
+            metadata={"winnow_pipeline": os.path.basename(args.pipeline), "winnow_output": resolved["output"]},
+        )
+    finally:  # submit_job has uploaded the package by now
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"submitted job {job_id} to {args.address}; output: {resolved['output']}", flush=True)
     if not args.wait:
         print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
         return 0
     return _follow(client, job_id)
+
+
+def _stage_package(staging: str) -> str:
+    """A copy of the running ``winnow`` package (wherever it is installed: a checkout or a wheel) as one
+    ``winnow/`` folder, the shape ``py_modules`` uploads and puts on the workers' path."""
+    package = os.path.join(staging, "winnow")
+    for root in ROOTS:
+        source = os.path.dirname(importlib.import_module(f"winnow.{root}").__file__)
+        shutil.copytree(source, os.path.join(package, root), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return package
 
 
 def _submit(client, **kwargs) -> str:
@@ -98,7 +113,7 @@ def _python() -> str:
 
 def _job_entry(argv: list[str]) -> int:
     """Inside the job: write the shipped pipeline to a file and run it like `winnow run` would."""
-    from pipeline.cli import main as cli_main
+    from winnow.pipeline.cli import main as cli_main
 
     text = os.environ.get(PIPELINE_ENV)
     if not text:

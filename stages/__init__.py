@@ -1,33 +1,38 @@
-"""Stage modules, one per stage family. ``registry()`` finds every Stage subclass with a name.
+"""The stage SDK (base, columns, errors, predicate) and one folder per stage family.
 
-Modules are discovered, not listed, so adding a stage is adding a file. Stage modules keep their
-imports light (heavy libraries load in ``setup()``) so listing stages stays fast.
+``registry()`` imports each family (a family's ``__init__`` imports only its stage modules) and
+collects every named Stage subclass defined under ``winnow.stages``: adding a stage is adding a
+module to a family's ``__init__``. Stage modules keep their imports light (heavy libraries load in
+``setup()``) so listing stages stays fast.
 """
 from __future__ import annotations
 
 import importlib
-import pkgutil
 
-from pipeline.errors import WinnowError
+from winnow.stages.errors import WinnowError
 
+FAMILIES = ("download", "filter", "dedup", "balance", "caption")
 _REGISTRY: dict | None = None
 
 
 def registry() -> dict:
     global _REGISTRY
     if _REGISTRY is None:
-        from stages.base import Stage
+        from winnow.stages.base import Stage
 
-        found = {}
-        for mod in pkgutil.iter_modules(__path__):
-            if mod.name.startswith("_") or mod.name == "base":
-                continue
-            module = importlib.import_module(f"{__name__}.{mod.name}")
-            for obj in vars(module).values():
-                if isinstance(obj, type) and issubclass(obj, Stage) and obj.name and obj.__module__ == module.__name__:
-                    found[obj.name] = obj
+        for family in FAMILIES:
+            importlib.import_module(f"{__name__}.{family}")
+        found = {cls.name: cls for cls in _subclasses(Stage)
+                 if cls.name and cls.__module__.startswith(f"{__name__}.") and cls.name == cls.__dict__.get("name")}
         _REGISTRY = dict(sorted(found.items()))
     return _REGISTRY
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
 
 
 def get_stage(name: str):
@@ -41,7 +46,7 @@ def get_stage(name: str):
 
 
 def _import_stage(path: str):
-    from stages.base import Stage
+    from winnow.stages.base import Stage
 
     module_name, _, attr = path.partition(":")
     try:

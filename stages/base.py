@@ -12,18 +12,30 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import WinnowError
-
-REJECT_STAGE = "reject_stage"
-REJECT_REASON = "reject_reason"
+from winnow.stages.columns import (
+    REJECT_REASON,
+    REJECT_STAGE,
+    add_null_columns,
+    cast_produced,
+    ensure_reject_columns,
+    group_starts,
+    live_mask,
+    set_column,
+)
+from winnow.stages.context import StageContext
+from winnow.stages.errors import WinnowError
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of this stage needs; the Ray adapter turns it into num_cpus/num_gpus."""
+    """What one worker of this stage needs; the Ray adapter turns it into num_cpus/num_gpus.
+
+    ``gpus=None`` means "one GPU per worker when the cluster has GPUs, else none": the runner resolves
+    it against the cluster, never the host that parses the pipeline.
+    """
 
     cpus: float = 1.0
-    gpus: float = 0.0
+    gpus: float | None = 0.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class Stage:
         if unknown:
             raise WinnowError(f"{where}: unknown parameter '{unknown[0]}'; valid: {', '.join(sorted(known)) or 'none'}")
         self.config = {n: p.coerce(params[n], where) if n in params else p.default for n, p in known.items()}
+        self.context = StageContext()
         self.validate()
         self._ready = False
 
@@ -97,8 +110,11 @@ class Stage:
         return {}
 
     # -- helpers ----------------------------------------------------------------------------
-    def ensure_setup(self) -> None:
+    def ensure_setup(self, context: StageContext | None = None) -> None:
+        """Set the stage up once per worker; ``context`` is what the runner owns (run directory, writer)."""
         if not self._ready:
+            if context is not None:
+                self.context = context
             self.setup()
             self._ready = True
 
@@ -155,6 +171,10 @@ class GlobalStage(Stage):
     def apply(self, table: pa.Table, artifact: dict) -> pa.Table:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def write_artifacts(self, artifact: dict, write_table) -> None:
+        """Optional extra files beside the artifact (``write_table(table, file_name)``), before the
+        runner writes the artifact's JSON, which marks the barrier done."""
+
 
 class GroupStage(Stage):
     """Grouping work (dedup): a map computes a key column, rows sharing a key are decided together.
@@ -201,33 +221,6 @@ class GroupStage(Stage):
         return None
 
 
-def group_starts(keys: pa.ChunkedArray | pa.Array) -> "np.ndarray":
-    """Row indices where a new key value begins in a column sorted by key."""
-    import numpy as np
-
-    n = len(keys)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    differs = pc.fill_null(pc.not_equal(keys.slice(1), keys.slice(0, n - 1)), True)
-    return np.r_[0, np.flatnonzero(differs.to_numpy(zero_copy_only=False)) + 1].astype(np.int64)
-
-
-def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
-    """Replace or append column ``name``."""
-    idx = table.schema.get_field_index(name)
-    if idx >= 0:
-        return table.set_column(idx, name, values)
-    return table.append_column(name, values)
-
-
-def live_mask(table: pa.Table) -> pa.Array:
-    """Boolean mask of rows not yet rejected."""
-    if REJECT_STAGE not in table.column_names:
-        return pa.array([True] * table.num_rows)
-    return pc.is_null(table[REJECT_STAGE]).combine_chunks()
-
-
 def run_on_live_rows(table: pa.Table, fn, produces: dict[str, pa.DataType]) -> pa.Table:
     """Call ``fn`` on the live rows only and put rejected rows back in place, unchanged.
 
@@ -255,29 +248,6 @@ def run_on_live_rows(table: pa.Table, fn, produces: dict[str, pa.DataType]) -> p
     merged = pa.concat_tables([out, dead])
     order = np.argsort(np.concatenate([live_idx, dead_idx]), kind="stable")
     return merged.take(pa.array(order))
-
-
-def ensure_reject_columns(table: pa.Table) -> pa.Table:
-    for col in (REJECT_STAGE, REJECT_REASON):
-        if col not in table.column_names:
-            table = table.append_column(col, pa.nulls(table.num_rows, pa.string()))
-    return table
-
-
-def add_null_columns(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
-    for name, typ in columns.items():
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows, typ))
-    return table
-
-
-def cast_produced(table: pa.Table, produces: dict[str, pa.DataType]) -> pa.Table:
-    """Give produced columns their declared type so every batch has the same schema."""
-    table = add_null_columns(table, produces)
-    for name, typ in produces.items():
-        if table.schema.field(name).type != typ:
-            table = set_column(table, name, table[name].cast(typ))
-    return table
 
 
 def _check_same_rows(before: pa.Table, after: pa.Table) -> None:

@@ -34,7 +34,7 @@ def coco_dir(shared_data) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> pathlib.Path:
     """A 400-row, 4-shard `winnow sample` pool with its ground truth (generated once per session)."""
-    from pipeline.sample import write_sample
+    from winnow.pipeline.tools.sample import write_sample
 
     out = tmp_path_factory.mktemp("sample")
     write_sample(str(out), rows=400, shards=4, seed=7, mismatch=0.1)

@@ -1,4 +1,4 @@
-"""Tiny open_clip models for tests: built from a config in pipeline/model_configs/, saved, loaded by spec.
+"""Tiny open_clip models for tests: built from a config in stages/models/configs/, saved, loaded by spec.
 
 Nothing here reaches a model hub. ``tiny_checkpoint`` returns the spec string that loads the saved
 weights through the same path users take (``open_clip:ARCH@/path.pt``).
@@ -14,7 +14,7 @@ import numpy as np
 def tiny_checkpoint(path, arch: str = "winnow-tiny", seed: int = 0) -> str:
     import torch
 
-    from pipeline import models
+    from winnow.stages.models import clip as models
 
     path = str(path)
     if not os.path.exists(path):
@@ -29,7 +29,7 @@ def reference_scores(spec: str, images: list[bytes], captions: list[str], exif: 
     import torch
     from PIL import Image, ImageOps
 
-    from pipeline import models
+    from winnow.stages.models import clip as models
 
     m = models.load_model(spec)
     with torch.no_grad():

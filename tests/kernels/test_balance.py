@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from kernels import balance as bal
+from winnow.kernels import balance as bal
 
 M64 = (1 << 64) - 1
 

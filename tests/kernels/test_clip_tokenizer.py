@@ -4,8 +4,8 @@ import open_clip.tokenizer as oct
 import pytest
 import torch
 
-from kernels import clip_tokenizer
-from kernels.clip_tokenizer import FastSimpleTokenizer, fast_tokenizer
+from winnow.kernels import clip_tokenizer
+from winnow.kernels.clip_tokenizer import FastSimpleTokenizer, fast_tokenizer
 
 ADVERSARIAL = [
     "", "   ", "A Dog", "a dog's ball &amp; the cat&#39;s toy", "AT&T", "caf\u00e9 na\u00efve \u00c5ngstr\u00f6m",
@@ -59,8 +59,8 @@ def test_word_cache_stays_bounded_and_exact(reference, monkeypatch):
 
 
 def test_models_load_with_the_fast_tokenizer_and_engine_shares_it(tmp_path):
-    from pipeline.models import load_model
     from tests.tiny_clip import tiny_checkpoint
+    from winnow.stages.models.clip import load_model
 
     a = load_model(tiny_checkpoint(tmp_path / "a.pt"))
     b = load_model(tiny_checkpoint(tmp_path / "b.pt", seed=1))

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from kernels import hamming
-from kernels.hamming import NearestIndex, band_values, greedy_survivors, near_duplicates, pairs_within
+from winnow.kernels import hamming
+from winnow.kernels.hamming import NearestIndex, band_values, greedy_survivors, near_duplicates, pairs_within
 
 
 def _planted(rng, n_base, n_near, max_flip):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from kernels import image as K
-from kernels import image_gpu, jpeg_header
 from tests.tiny_clip import encode
+from winnow.kernels import image as K
+from winnow.kernels import image_gpu, jpeg_header
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 SPEC = K.PreprocessSpec((224, 224), MEAN, STD)

@@ -7,7 +7,7 @@ from tests.conftest import REPO
 
 PROBE = """
 import sys
-import kernels
+from winnow import kernels
 assert getattr(kernels, "__winnow__", False), kernels.__file__
 from transformers.utils import import_utils
 assert not import_utils.is_kernels_available(), "transformers thinks winnow's kernels is HF kernels"

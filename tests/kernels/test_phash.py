@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernels.phash import (gray32_batch, gray32_from_bytes, hamming, phash_bytes, phash_gray32,
-                           phash_gray32_torch)
+from winnow.kernels.phash import gray32_batch, gray32_from_bytes, hamming, phash_bytes, phash_gray32, phash_gray32_torch
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels.seeded_sampling import SeededGumbel, gumbel_noise, row_seed, uniform_noise
+from winnow.kernels.seeded_sampling import SeededGumbel, gumbel_noise, row_seed, uniform_noise
 
 
 def test_row_seeds_are_stable_and_distinct():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.similarity import normalize, paired_cosine, paired_cosine_reference
+from winnow.kernels.similarity import normalize, paired_cosine, paired_cosine_reference
 
 
 def test_matches_reference_and_returns_unit_vectors():

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from kernels import substring_match as sm
+from winnow.kernels import substring_match as sm
 
 WORDNET, PROXY = "metadata_wordnet_86654.json", "metadata_proxy_338k.json"
 

@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 
 def winnow(*args, check=False):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "winnow.pipeline.cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -90,7 +90,8 @@ def test_conservation_across_all_bad_inputs(tmp_path):
     rows = {
         "uid": [f"r{i}" for i in range(8)],
         "caption": ["a red square on a plain background", None, "", "x" * 1_000_000, "\udcff bad".encode(
-            "utf-8", "replace").decode("utf-8"), "a red square on a plain background", "a red square on a plain background", "ok ok ok ok"],
+            "utf-8", "replace").decode("utf-8"), "a red square on a plain background",
+            "a red square on a plain background", "ok ok ok ok"],
         "image": pa.array([good, good, good, good, good, b"", b"\x00garbage", good[: len(good) // 3]], pa.binary()),
     }
     pq.write_table(pa.table(rows), tmp_path / "bad.parquet")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.cli import main
+from winnow.pipeline.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -119,7 +119,7 @@ def test_missing_column_caught_before_ray_starts(capsys, tmp_path):
 def test_cli_subprocess_prints_one_line_and_exits_2(tmp_path, good):
     good["stages"][0]["max_aspect_ratio"] = "wide"
     path = _write(tmp_path, good)
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", path], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "winnow.pipeline.cli", "run", path], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 2
     assert proc.stdout == ""

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import WinnowError
-from pipeline.inputs import list_shards, read_shard
+from winnow.pipeline.inputs import list_shards, read_shard
+from winnow.stages.errors import WinnowError
 
 
 def _read(path, columns=None):

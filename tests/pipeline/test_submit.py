@@ -107,8 +107,8 @@ def _manifest(out) -> pa.Table:
 
 
 def test_submit_wait_runs_on_the_cluster(cluster, sample_dir, tmp_path):
-    from pipeline.config import parse_pipeline
-    from pipeline.run import execute
+    from winnow.pipeline.config import parse_pipeline
+    from winnow.pipeline.run import execute
 
     pipeline = {"input": str(sample_dir), "output": str(tmp_path / "local"),
                 "stages": [{"stage": "basic_filter", "min_words": 4}]}
@@ -117,7 +117,7 @@ def test_submit_wait_runs_on_the_cluster(cluster, sample_dir, tmp_path):
         yaml.safe_dump(pipeline, f)
     out = tmp_path / "cluster"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(tmp_path / "p.yaml"), "--address",
+        [sys.executable, "-m", "winnow.pipeline.cli", "submit", str(tmp_path / "p.yaml"), "--address",
          cluster["dashboard"], "--output", str(out), "--wait"],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -140,7 +140,7 @@ def test_submit_unreachable_cluster_is_one_line(tmp_path, sample_dir):
         yaml.safe_dump({"input": str(sample_dir), "output": str(tmp_path / "o"),
                         "stages": [{"stage": "basic_filter"}]}, f)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(tmp_path / "p.yaml"), "--address",
+        [sys.executable, "-m", "winnow.pipeline.cli", "submit", str(tmp_path / "p.yaml"), "--address",
          f"http://127.0.0.1:{_free_port()}"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -159,4 +159,6 @@ def test_cluster_yaml_is_a_valid_launcher_config():
     assert {"cpu_worker", "gpu_worker"} <= set(types)
     assert types["gpu_worker"]["node_config"]["InstanceType"].startswith(("g", "p"))  # an instance with GPUs
     assert any("pip install" in c and "requirements.txt" in c for c in cfg["setup_commands"])
-    assert any("-e /home/ubuntu/winnow" in c for c in cfg["setup_commands"])
+    # a regular (not editable) install: the wheel ships every package and its model configs
+    commands = [c.split("#")[0].rstrip() for c in cfg["setup_commands"]]
+    assert any(c.endswith("pip install -q --no-deps /home/ubuntu/winnow") for c in commands)

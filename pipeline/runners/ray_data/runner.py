@@ -1,0 +1,145 @@
+"""The Ray runner: the local runner's plan on Ray Data, streaming, resumable, same manifests.
+
+Each segment is one streaming pass: read the pending shards (the input, or the previous segment's
+parts) -> one ``map_batches`` per step (see ``adapter``) -> the last step writes its rows per
+input shard (``blocks``). Only small metadata rows come back to the driver, which merges the
+pieces of shards split across blocks. Global barriers combine the per-block partials saved beside
+the parts; group barriers are a second pass with a Ray Data hash shuffle. Parts, stats and
+artifacts use the local runner's names under ``OUT/work`` and ``OUT/artifacts``, written
+atomically; a rerun skips every shard whose part exists, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+
+import pyarrow.parquet as pq
+
+from winnow.pipeline import plan as plan_mod
+from winnow.pipeline import rundir
+from winnow.pipeline import stats as stats_mod
+from winnow.pipeline.inputs import Shard, assign_uids, canonicalize
+from winnow.pipeline.rundir import INPUT_ROWS, part_path, seg_dir
+from winnow.pipeline.runners.ray_data import adapter, blocks, session
+from winnow.pipeline.runners.ray_data.group import group_pass
+from winnow.pipeline.runners.ray_data.tracker import Tracker
+from winnow.pipeline.stats import Progress
+from winnow.stages.base import GlobalStage, GroupStage, Stage
+from winnow.stages.columns import ensure_reject_columns
+from winnow.stages.errors import WinnowError
+
+
+def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str], progress: Progress,
+            address: str | None = None, write_kept: bool | None = None) -> dict:
+    """Same contract as ``run_local``: per-stage stats, one final Parquet part per shard, input rows.
+
+    With ``write_kept`` given, a final segment without a barrier also writes each shard's manifest (and
+    kept) file where the shard is processed, so the driver never reads the rows back.
+    """
+    _preflight(stages, shards, columns)
+    out = os.path.abspath(out)  # workers may run elsewhere: paths must not depend on their cwd
+    segments = plan_mod.make_plan(stages, rundir.stage_context(out))
+    started = session.connect(address, min_cpus=max(adapter.cpus_needed(s.steps) for s in segments))
+    try:
+        cluster = session.cluster_resources()
+        _check_gpus(stages, cluster, embedded=started and not address)
+        stats: dict[str, dict] = {}
+        input_rows: dict[int, int] = {}
+        for k, seg in enumerate(segments):
+            final_outputs = (out, write_kept) if write_kept is not None and plan_mod.writes_outputs(segments, k) \
+                else None
+            session.guard(lambda: _segment_pass(k, seg, stages, shards, out, columns, cluster, progress,
+                                                final_outputs))
+            for shard in shards:
+                rundir.merge_part_stats(part_path(out, k, shard.stem), shard.index, stats, input_rows)
+            if isinstance(seg.barrier, GlobalStage):
+                segments[k + 1].steps[0].artifact = _global_barrier(seg.barrier, out, k, shards)
+            elif isinstance(seg.barrier, GroupStage):
+                st = session.guard(lambda: group_pass(k, seg.barrier, shards, out, cluster, progress))
+                name = seg.barrier.instance_name
+                stats[name] = stats_mod.merge(stats.get(name, {}), st)
+        final = [rundir.final_part(out, len(segments) - 1, s.stem) for s in shards]
+        return {"stages": stats, "final_parts": final, "input_rows": input_rows,
+                "outputs_in_pass": write_kept is not None and plan_mod.writes_outputs(segments, len(segments) - 1)}
+    finally:
+        if started:
+            session.shutdown()
+
+
+def _preflight(stages: list[Stage], shards: list[Shard], columns: dict) -> None:
+    """Mistakes visible from Parquet footers (missing or mistyped columns) fail here, before Ray starts;
+    other formats are checked as they are read, and their errors come back as the same one line."""
+    for shard in shards:
+        if shard.format != "parquet":
+            continue
+        try:
+            empty = pq.read_schema(shard.path).empty_table()
+        except Exception as exc:
+            raise WinnowError(f"input {shard.path}: cannot be read as parquet ({str(exc).splitlines()[0]})") from None
+        table = canonicalize(empty, columns, shard.path)
+        if "uid" not in table.column_names:
+            table = table.append_column("uid", assign_uids(table))
+        if stages:
+            stages[0].check_columns(ensure_reject_columns(table).schema, f"input {shard.path}")
+
+
+def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool) -> None:
+    needy = [s.instance_name for s in stages if (s.resources.gpus or 0) > 0]
+    if needy and not cluster.get("GPU"):
+        if embedded:
+            raise WinnowError(f"stage '{needy[0]}' needs a GPU and this machine has none visible to Ray; "
+                              "run it on a cluster with GPU workers (--address) or pick a CPU setting")
+        print(f"winnow: warning: stage '{needy[0]}' needs a GPU and the cluster has none yet; it waits for "
+              "the autoscaler to add a GPU worker", file=sys.stderr)
+
+
+# -- one segment -------------------------------------------------------------------------------
+def _segment_pass(k: int, seg: plan_mod.Segment, stages: list[Stage], shards: list[Shard], out: str,
+                  columns: dict, cluster: dict, progress: Progress, final_outputs: tuple | None = None) -> None:
+    spec = blocks.PassSpec(
+        seg_dir=seg_dir(out, k), block_dir=os.path.join(seg_dir(out, k), "blocks"),
+        steps=[(s.stage.instance_name, s.kind) for s in seg.steps],
+        partials=isinstance(seg.barrier, GlobalStage), first=k == 0, final_outputs=final_outputs)
+    pending = [s for s in shards if not _segment_done(spec, s)]
+    if not pending:
+        return
+    shutil.rmtree(spec.block_dir, ignore_errors=True)  # pieces of an interrupted attempt
+    os.makedirs(spec.block_dir, exist_ok=True)
+    source = ("input", columns, stages[0] if stages else None) if k == 0 else ("after", out, k - 1)
+    ds = adapter.read_dataset(pending, source, cluster, seg.steps[0].stage if seg.steps else None)
+    for j, step in enumerate(seg.steps):
+        ds = adapter.map_step(ds, step, j, cluster, spec if j == len(seg.steps) - 1 else None)
+    if not seg.steps:
+        ds = adapter.write_pass(ds, spec)
+    tracker = Tracker(spec, f"segment {k}", len(pending), progress)
+    tracker.consume(ds)
+    for shard in pending:  # empty shards yield no rows: give them their (empty) part here
+        if shard.index not in tracker.seen:
+            table = adapter.load_shard(shard, source)
+            if table.num_rows:
+                raise WinnowError(f"shard {shard.path}: {table.num_rows} rows went missing in segment {k}")
+            steps = copy.deepcopy(seg.steps)  # keep the driver's stages un-setup (they are pickled to workers)
+            table, st = plan_mod.run_steps(steps, table)
+            blocks.write_shard(spec, shard.stem, table, st | ({INPUT_ROWS: {"rows": 0}} if k == 0 else {}),
+                               [] if spec.partials else None)
+    shutil.rmtree(spec.block_dir, ignore_errors=True)
+
+
+def _segment_done(spec: blocks.PassSpec, shard: Shard) -> bool:
+    if not os.path.exists(spec.part(shard.stem)):
+        return False
+    return not spec.partials or os.path.exists(rundir.partials_path(spec.seg_dir, shard.stem))
+
+
+# -- barriers --------------------------------------------------------------------------------
+def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard]) -> dict:
+    """Only the small per-block partials meet on the driver: combine, finalize, save the artifact."""
+    artifact = rundir.load_artifact(out, stage.instance_name)
+    if artifact is not None:
+        return artifact
+    parts = [p for s in shards for p in rundir.read_partials(seg_dir(out, k), s.stem)]
+    artifact = stage.finalize(stage.combine(parts))
+    rundir.save_artifact(stage, artifact, out)
+    return artifact

@@ -1,0 +1,131 @@
+"""Connecting to Ray and speaking to the user about it: embedded local Ray or a cluster, quiet logs,
+user errors raised inside workers turned back into one-line WinnowErrors."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from winnow.stages.errors import WinnowError
+
+_REMOTE: dict = {}
+
+
+def connect(address: str | None, min_cpus: float = 0) -> bool:
+    """Reuse an initialised Ray; else connect to ``address`` or start an embedded local one
+    with this machine's CPUs, or ``min_cpus`` logical ones if more (see ray_adapter.cpus_needed).
+
+    Returns True when this call started or joined Ray (and so should shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        _quiet_data()
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from an embedded cluster
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            # "local" always starts a fresh embedded instance, even when another one runs on this host.
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
+                     num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = address or "an embedded local Ray"
+        raise WinnowError(f"cannot start or reach Ray ({where}): {_first_line(exc)}") from None
+    _quiet_data()
+    return True
+
+
+def _quiet_data() -> None:
+    """winnow prints its own per-stage progress; Ray Data's bars and banners would drown it.
+
+    Group barriers shuffle with Ray Data's sort-based shuffle (plain tasks) unless
+    RAY_DATA_DEFAULT_SHUFFLE_STRATEGY says otherwise: the hash shuffle starts a pool of aggregator
+    actors per groupby, which costs seconds to tens of seconds before the first row moves.
+    """
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    if not os.environ.get("RAY_DATA_DEFAULT_SHUFFLE_STRATEGY"):
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    data_logger = logging.getLogger("ray.data")
+    data_logger.setLevel(logging.WARNING)
+    for handler in data_logger.handlers:  # the log file keeps everything; the console only what helps
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not any(isinstance(f, _NoTaskErrorEcho) for f in handler.filters):
+            handler.addFilter(_NoTaskErrorEcho())
+
+
+class _NoTaskErrorEcho(logging.Filter):
+    """Drops Ray Data's console echo of a failed task: the exception itself reaches the caller, which
+    prints it once (a WinnowError as one line, anything else with its worker-side traceback); and the
+    notice that progress bars are off (winnow prints its own progress)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Progress bars disabled"):
+            return False  # we turned them off on purpose
+        return record.levelno < logging.ERROR
+
+
+def shutdown() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def cluster_resources() -> dict:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def remote_task(fn):
+    """``fn`` as a Ray task for file work (merging a shard's pieces): reserves no CPU, retried if its
+    worker dies (it writes deterministic names atomically, so a retry overwrites)."""
+    import ray
+
+    if fn not in _REMOTE:
+        _REMOTE[fn] = ray.remote(num_cpus=0, max_retries=3)(fn)
+    return _REMOTE[fn]
+
+
+def guard(fn):
+    """Run ``fn``; a WinnowError raised in a Ray worker comes back as the same one-line error."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return fn()
+    except WinnowError as exc:
+        if not isinstance(exc, RayTaskError):  # Ray's copy subclasses WinnowError but reads as a traceback
+            raise
+        raise WinnowError(user_error(exc)) from None
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        raise WinnowError(message) from None
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The message of the first WinnowError in ``exc``'s causes (Ray wraps worker exceptions)."""
+    from ray.exceptions import RayTaskError
+
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, WinnowError) and not isinstance(e, RayTaskError):
+            return _first_line(e)
+        stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
