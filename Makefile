@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export NO_ALBUMENTATIONS_UPDATE := 1
 export RAY_AUTH_MODE := disabled
 
-.PHONY: test lint demo setup bench clean
+.PHONY: test lint torture demo setup bench clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: setup
 test: lint
 	sh tests/pipeline/report/install_chromium.sh  # headless Chromium for the report tests (Debian package)
 	$(BIN)/python -m pytest -q tests
+
+torture: setup  # every attack test (bad input, kills, full disks, races, Ctrl-C): prints attacks tried / held
+	$(BIN)/python -m pytest -q -m torture tests
 
 demo: setup
 	$(BIN)/python -m examples.demo

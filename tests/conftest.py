@@ -54,3 +54,12 @@ def ray_local():
         ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """`make torture` (pytest -m torture) ends with how many attacks were tried and how many held."""
+    reports = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
+               if getattr(r, "when", "call") == "call" and "torture" in getattr(r, "keywords", {})]
+    if reports:
+        held = sum(r.passed for r in reports)
+        terminalreporter.write_line(f"torture: {len(reports)} attacks tried, {held} held, {len(reports) - held} broke")
