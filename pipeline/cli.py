@@ -51,7 +51,7 @@ def cmd_stage(args) -> int:
     cfg = parse_pipeline({"input": args.input, "output": args.output, "columns": parse_columns(args.columns),
                           "seed": args.seed, "write_kept": args.kept,
                           "stages": [{"stage": args.name, **params}]}, source=f"stage {args.name}")
-    stats = execute(cfg, args.output, runner="local", progress=not args.quiet)
+    stats = execute(cfg, args.output, runner="local", progress=not args.quiet, fresh=args.fresh, resume=args.resume)
     _summary(stats, args.output)
     return 0
 
@@ -63,7 +63,8 @@ def cmd_run(args) -> int:
     cfg = load_pipeline(args.pipeline, {"output": args.output})
     if not cfg.output:
         raise WinnowError(f"{args.pipeline}: no 'output' in the file and no --output given")
-    stats = execute(cfg, cfg.output, runner=args.runner, address=args.address, progress=not args.quiet)
+    stats = execute(cfg, cfg.output, runner=args.runner, address=args.address, progress=not args.quiet,
+                    fresh=args.fresh, resume=args.resume)
     _summary(stats, cfg.output)
     _maybe_report(cfg.output)
     return 0
@@ -112,6 +113,13 @@ def _maybe_report(out: str) -> None:
         print(f"winnow: warning: report not written ({exc}); retry with `winnow report {out}`", file=sys.stderr)
 
 
+def _add_resume_flags(s) -> None:
+    s.add_argument("--fresh", action="store_true", help="start over: remove this output's earlier run files first")
+    s.add_argument("--resume", choices=["auto", "force"], default="auto",
+                   help="auto: resume only a run of the same pipeline (default); force: resume one of another "
+                        "pipeline too, reusing only the pieces whose fingerprints still match")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="winnow",
                                 description="Curate image-text datasets: filter, dedup, balance, recaption.")
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--kept", action="store_true", help="also write OUT/kept/ (kept rows with image bytes)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_resume_flags(s)
     s.set_defaults(func=cmd_stage)
 
     s = sub.add_parser("run", help="run a pipeline YAML (embedded local Ray by default)")
@@ -138,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     s.add_argument("--runner", choices=["ray", "local"], default="ray")
     s.add_argument("--quiet", action="store_true")
+    _add_resume_flags(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("submit", help="submit a pipeline to a Ray cluster through the Jobs API")

@@ -13,12 +13,16 @@ import hashlib
 import io
 import json
 import os
+import re
+import sys
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from winnow.pipeline.fingerprint import shard_key
+from winnow.stages.columns import REJECT_REASON, REJECT_STAGE
 from winnow.stages.errors import WinnowError
 
 EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -33,35 +37,57 @@ ALIASES = {
 }
 
 
+# Input columns that would be taken for winnow's own: renamed aside (``input_<name>``) with a warning.
+RUNNER_PREFIX = "__winnow_"
+_WARNED: set[tuple[str, str]] = set()
+
+
 @dataclass(frozen=True)
 class Shard:
-    """One input file; ``index`` fixes output names so reruns overwrite instead of duplicating."""
+    """One input file. ``name`` is its path relative to the input root (derived uids start from it);
+    ``key`` fingerprints its identity (path, size, footer or content), so output names follow the file,
+    not its position in the listing: adding a shard never shifts another shard's checkpoints."""
 
     path: str
     index: int
     format: str
+    key: str = ""
+    name: str = ""
 
     @property
     def stem(self) -> str:
-        return f"{self.index:05d}"
+        """Output file names of this shard: readable (from its name) and unique (from its key)."""
+        if not self.key:
+            return f"{self.index:05d}"
+        base = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(self.path))[0])[:40]
+        return f"{base}-{self.key[:10]}"
 
 
 def list_shards(spec: str) -> list[Shard]:
-    """Expand a file, directory or glob into shards, sorted for determinism."""
+    """Expand a file, directory or glob into shards, sorted for determinism, each fingerprinted."""
     if os.path.isdir(spec):
+        root = spec
         paths = [os.path.join(spec, f) for f in os.listdir(spec) if _format_of(f)]
         paths = [p for p in paths if os.path.isfile(p)]
     elif any(ch in spec for ch in "*?["):
+        root = os.path.dirname(re.split(r"[*?\[]", spec, maxsplit=1)[0]) or "."
         paths = [p for p in glob.glob(spec) if _format_of(p)]
     elif os.path.isfile(spec):
         if not _format_of(spec):
             raise WinnowError(f"input {spec}: unsupported file type; use .parquet, .csv, .tsv or .jsonl")
-        paths = [spec]
+        root, paths = os.path.dirname(spec) or ".", [spec]
     else:
         raise WinnowError(f"input {spec}: no such file or directory")
     if not paths:
         raise WinnowError(f"input {spec}: no .parquet, .csv, .tsv or .jsonl files found")
-    return [Shard(p, i, _format_of(p)) for i, p in enumerate(sorted(paths))]
+    shards = []
+    for i, p in enumerate(sorted(paths)):
+        try:
+            key = shard_key(p, _format_of(p))
+        except OSError as exc:
+            raise WinnowError(f"input {p}: cannot be read ({exc.strerror or exc})") from None
+        shards.append(Shard(p, i, _format_of(p), key, os.path.relpath(p, root)))
+    return shards
 
 
 def _format_of(path: str) -> str | None:
@@ -77,9 +103,18 @@ def read_shard(shard: Shard, columns: dict[str, str] | None = None) -> pa.Table:
     except Exception as exc:  # pyarrow/csv/json errors carry no file name: add it
         raise WinnowError(f"input {shard.path}: cannot be read as {shard.format} ({_first_line(exc)})") from None
     table = canonicalize(raw, columns or {}, shard.path)
-    if "uid" not in table.column_names:
-        table = table.append_column("uid", assign_uids(table))
+    if "uid" in table.column_names:
+        check_uids(table["uid"], shard.path)
+    else:
+        table = table.append_column("uid", assign_uids(shard.name or os.path.basename(shard.path), table.num_rows))
     return table
+
+
+def count_rows(shard: Shard, columns: dict[str, str] | None = None) -> int:
+    """Rows of an input shard as it is now (Parquet: from its footer), for the conservation check."""
+    if shard.format == "parquet":
+        return pq.read_metadata(shard.path).num_rows
+    return read_shard(shard, columns).num_rows
 
 
 def _read_raw(shard: Shard) -> pa.Table:
@@ -142,6 +177,8 @@ def canonicalize(table: pa.Table, columns: dict[str, str], source: str) -> pa.Ta
     out = {}
     for name in table.column_names:
         target = renames.get(name, name)
+        if target in (REJECT_STAGE, REJECT_REASON) or target.startswith(RUNNER_PREFIX):
+            target = _set_aside(name, source)
         if target in out:  # keep the first mapped one; a clashing original keeps its own name
             target = f"{name}_original"
         out[target] = table[name]
@@ -161,29 +198,38 @@ def canonicalize(table: pa.Table, columns: dict[str, str], source: str) -> pa.Ta
     return table
 
 
-def assign_uids(table: pa.Table) -> pa.Array:
-    """Deterministic uids from content: the same input gives the same uids on every run.
+def _set_aside(name: str, source: str) -> str:
+    """An input column named like winnow's decision or bookkeeping columns keeps its values under
+    ``input_<name>``: the run's decisions start from nothing, and the runner's names stay its own."""
+    target = f"input_{name.lstrip('_')}"
+    if (source, name) not in _WARNED:
+        _WARNED.add((source, name))
+        print(f"winnow: warning: input {source}: column '{name}' is winnow's own name; read as '{target}'",
+              file=sys.stderr)
+    return target
 
-    A hash of (url, caption) — of the image bytes when there is no url — plus an occurrence
-    number for identical rows within the shard, so uids stay unique there.
-    """
-    urls = table["url"].to_pylist() if "url" in table.column_names else [None] * table.num_rows
-    caps = table["caption"].to_pylist() if "caption" in table.column_names else [None] * table.num_rows
-    imgs = table["image"] if "image" in table.column_names else None
-    seen: dict[str, int] = {}
-    uids = []
-    for i, (url, cap) in enumerate(zip(urls, caps)):
-        h = hashlib.blake2b(digest_size=10)
-        h.update((url or "").encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-        h.update((cap or "").encode("utf-8", "surrogatepass"))
-        if url is None and imgs is not None:
-            h.update(imgs[i].as_py() or b"")
-        key = h.hexdigest()
-        n = seen.get(key, 0)
-        seen[key] = n + 1
-        uids.append(key if n == 0 else f"{key}-{n}")
-    return pa.array(uids, pa.string())
+
+def check_uids(uids: pa.ChunkedArray | pa.Array, source: str) -> None:
+    """Input uids must be present and unique: every stage, resume and export keys rows by them."""
+    import pyarrow.compute as pc
+
+    if uids.null_count:
+        row = pc.index(pc.is_null(uids), True).as_py()
+        raise WinnowError(f"input {source}: column 'uid' is null in {uids.null_count} rows (first: row {row}); "
+                          "give every row a uid, or drop the column to have winnow derive them")
+    counts = pc.value_counts(uids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        example = repeated[0].as_py()
+        raise WinnowError(f"input {source}: {len(repeated)} uids occur more than once "
+                          f"(e.g. '{example['values']}', {example['counts']} times); uids must be unique")
+
+
+def assign_uids(shard_name: str, n: int) -> pa.Array:
+    """Derived uids, unique by construction and the same on every run of the same input: a hash of the
+    shard's name (its path under the input root) and the row's position, ``<20 hex>-<row>``."""
+    prefix = hashlib.blake2b(shard_name.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
+    return pa.array([f"{prefix}-{i}" for i in range(n)], pa.string())
 
 
 def _first_line(exc: Exception) -> str:

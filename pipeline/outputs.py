@@ -65,10 +65,11 @@ def package_versions() -> dict:
     return out
 
 
-def input_listing(shards) -> list[dict]:
+def input_listing(shards, rows: dict[int, int]) -> list[dict]:
+    """The input as this run read it: per shard its path, size, fingerprint key, output stem and rows."""
     out = []
     for s in shards:
         st = os.stat(s.path)
         out.append({"index": s.index, "path": os.path.abspath(s.path), "format": s.format, "bytes": st.st_size,
-                    "mtime": int(st.st_mtime)})
+                    "mtime": int(st.st_mtime), "key": s.key, "stem": s.stem, "rows": rows.get(s.index)})
     return out

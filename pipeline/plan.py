@@ -18,6 +18,7 @@ from winnow.pipeline import stats as stats_mod
 from winnow.stages.base import GlobalStage, GroupStage, MapStage, Stage, run_on_live_rows
 from winnow.stages.columns import group_starts, live_mask
 from winnow.stages.context import StageContext
+from winnow.stages.errors import WinnowError
 
 
 @dataclass
@@ -75,6 +76,20 @@ def make_plan(stages: list[Stage], context: StageContext | None = None) -> list[
     if not segments[-1].steps and len(segments) > 1:
         segments.pop()
     return segments
+
+
+def check_columns(stages: list[Stage], schema: pa.Schema, source: str) -> None:
+    """Every stage finds the columns it requires: in the input, or produced by an earlier stage. Checked
+    before anything runs, so a pipeline that cannot work fails in a second, naming stage and column."""
+    available = set(schema.names)
+    for i, stage in enumerate(stages):
+        missing = [c for c in stage.requires if c not in available]
+        if missing:
+            earlier = f" and no earlier stage ({', '.join(s.instance_name for s in stages[:i])}) produces" if i else ""
+            raise WinnowError(f"stage '{stage.instance_name}' needs column '{missing[0]}' which input {source} does "
+                              f"not have{earlier} (columns: {', '.join(schema.names)}); map it with --columns or "
+                              "add a stage that produces it")
+        available |= set(stage.produces())
 
 
 def writes_outputs(segments: list[Segment], k: int) -> bool:

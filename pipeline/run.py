@@ -2,59 +2,103 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-from winnow.pipeline import outputs, rundir
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from winnow.pipeline import fingerprint, outputs, rundir
+from winnow.pipeline import plan as plan_mod
+from winnow.pipeline import resume as resume_mod
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.config import PipelineConfig
-from winnow.pipeline.inputs import Shard, list_shards
+from winnow.pipeline.inputs import Shard, canonicalize, count_rows, list_shards, read_shard
 from winnow.pipeline.stats import Progress
+from winnow.stages.columns import ensure_reject_columns
 from winnow.stages.errors import WinnowError
 
 
 def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str | None = None,
-            progress: bool = True) -> dict:
-    """Run ``cfg`` into ``out``; returns the stats dict also written to OUT/stats.json."""
+            progress: bool = True, fresh: bool = False, resume: str = "auto") -> dict:
+    """Run ``cfg`` into ``out``; returns the stats dict also written to OUT/stats.json.
+
+    ``fresh`` starts over in ``out``; ``resume="force"`` resumes there even after the pipeline changed
+    (only pieces whose fingerprints still match are reused). See ``pipeline/resume.py``.
+    """
     rundir.ensure_writable_dir(out)
     shards = list_shards(cfg.input)
     stages = cfg.build_stages()
+    check_input(stages, shards, cfg.columns)
+    segments = plan_mod.make_plan(stages)
+    fps = fingerprint.for_run(segments, shards, cfg.columns)
+    resume_mod.prepare(out, fps, fingerprint.describe(segments, cfg.columns), shards, cfg.write_kept,
+                       fresh=fresh, resume=resume)
+    resumed = resume_mod.summary(out, fps, shards)
+    if resumed:
+        print(f"winnow: {resumed}", file=sys.stderr)
     prog = Progress(progress)
     t0 = time.perf_counter()
     if runner == "local":
         from winnow.pipeline.runners.local import run_local
 
-        result = run_local(stages, shards, out, cfg.columns, prog, write_kept=cfg.write_kept)
+        result = run_local(stages, shards, out, cfg.columns, prog, fps, write_kept=cfg.write_kept)
     elif runner == "ray":
         try:
             from winnow.pipeline.runners.ray_data.runner import run_ray
         except ImportError as exc:
             raise WinnowError(f"runner 'ray' is not available ({exc})") from None
-        result = run_ray(stages, shards, out, cfg.columns, prog, address=address, write_kept=cfg.write_kept)
+        result = run_ray(stages, shards, out, cfg.columns, prog, fps, address=address, write_kept=cfg.write_kept)
     else:
         raise WinnowError(f"unknown runner '{runner}'; use 'local' or 'ray'")
     in_pass = result["outputs_in_pass"]
     written = [outputs.shard_outputs(p, s.stem, out, cfg.write_kept, in_pass)
                for p, s in zip(result["final_parts"], shards)]
-    manifest_rows = {s.index: rows for s, (rows, _) in zip(shards, written)}
-    kept_rows = sum(kept for _, kept in written)
-    check_conservation(shards, manifest_rows, result["input_rows"])
+    input_rows = {s.index: count_rows(s, cfg.columns) for s in shards}  # the input as it is now
+    check_conservation(shards, {s.index: rows for s, (rows, _) in zip(shards, written)}, input_rows)
+    check_unique_uids([rundir.manifest_part(out, s.stem) for s in shards])
     run_stats = {
         "runner": runner,
         "seconds": round(time.perf_counter() - t0, 3),
-        "rows_in": sum(result["input_rows"].values()),
-        "rows_kept": kept_rows,
+        "rows_in": sum(input_rows.values()),
+        "rows_kept": sum(kept for _, kept in written),
         "stages": {s.instance_name: stats_mod.finish(result["stages"].get(s.instance_name, _empty()))
                    for s in stages},
     }
+    if resumed:
+        run_stats["resumed"] = resumed
     rundir.write_json_atomic(run_stats, os.path.join(out, "stats.json"))
     rundir.write_json_atomic({
         "config": cfg.to_dict() | {"output": os.path.abspath(out)},
         "runner": runner,
         "versions": outputs.package_versions(),
         "models": {s.instance_name: s.provenance() for s in stages if s.provenance()},
-        "inputs": outputs.input_listing(shards),
+        "inputs": outputs.input_listing(shards, input_rows),
+        "fingerprint": fps.pipeline,
     }, os.path.join(out, "pipeline.json"))
     return run_stats
+
+
+def check_input(stages, shards: list[Shard], columns: dict) -> None:
+    """The pipeline's column needs against the input, before anything runs: every Parquet shard's footer
+    (cheap, and a shard that is not Parquet fails here) and the first text shard, read whole."""
+    parquet = [s for s in shards if s.format == "parquet"]
+    text = [s for s in shards if s.format != "parquet"][:1]
+    for shard in parquet + text:
+        if shard.format == "parquet":
+            try:
+                table = pq.read_schema(shard.path).empty_table()
+            except Exception as exc:
+                raise WinnowError(f"input {shard.path}: cannot be read as parquet "
+                                  f"({str(exc).splitlines()[0]})") from None
+            table = canonicalize(table, columns, shard.path)
+            if "uid" not in table.column_names:
+                table = table.append_column("uid", pa.array([], pa.string()))
+        else:
+            table = read_shard(shard, columns)
+        plan_mod.check_columns(stages, ensure_reject_columns(table).schema, shard.path)
 
 
 def _empty() -> dict:
@@ -62,7 +106,33 @@ def _empty() -> dict:
 
 
 def check_conservation(shards: list[Shard], manifest_rows: dict[int, int], input_rows: dict[int, int]) -> None:
+    """Every input row, counted in the input as it is now, is in the manifest exactly once."""
     for s in shards:
         if manifest_rows.get(s.index) != input_rows.get(s.index):
             raise WinnowError(f"conservation violated for {s.path}: {input_rows.get(s.index)} input rows, "
                               f"{manifest_rows.get(s.index)} manifest rows")
+
+
+def check_unique_uids(manifests: list[str]) -> None:
+    """No uid in two manifest rows (within a shard the reader checks; this catches uids repeated across
+    shards). 64-bit hashes of the uids are compared first, so only a real repeat costs a second look."""
+    hashes, owners = [], []
+    for i, path in enumerate(manifests):
+        uids = pq.read_table(path, columns=["uid"])["uid"].to_numpy(zero_copy_only=False)
+        hashes.append(pd.util.hash_array(uids.astype(object)))
+        owners.append(np.full(len(uids), i, np.int32))
+    if not hashes:
+        return
+    flat = np.concatenate(hashes)
+    order = np.argsort(flat, kind="stable")
+    repeats = np.flatnonzero(flat[order][1:] == flat[order][:-1])
+    if not len(repeats):
+        return
+    where = np.concatenate(owners)[order]
+    for r in repeats:
+        a, b = manifests[where[r]], manifests[where[r + 1]]
+        uids_a = set(pq.read_table(a, columns=["uid"])["uid"].to_pylist())
+        common = uids_a & set(pq.read_table(b, columns=["uid"])["uid"].to_pylist()) if a != b else set()
+        if common:
+            raise WinnowError(f"uid '{sorted(common)[0]}' occurs in more than one input shard (manifest {a} and "
+                              f"{b}); uids must be unique across the input")

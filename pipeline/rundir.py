@@ -24,8 +24,12 @@ from winnow.stages.errors import WinnowError
 # Bookkeeping columns a runner adds to rows during a pass (stages never see them): the row's input
 # shard, its position in the shard, the shard's row count, whether it was live at the pass start, and
 # per step j ``SEC + str(j)`` (that step's seconds on the row's batch, spread over the batch's rows).
-SHARD, ROW, NROWS, LIVE_IN, SEC = "__shard", "__row", "__n", "__live_in", "__sec"
+# Their prefix is reserved: an input column that starts with it is renamed aside when read (inputs.py).
+SHARD, ROW, NROWS, LIVE_IN, SEC = "__winnow_shard", "__winnow_row", "__winnow_n", "__winnow_live_in", "__winnow_sec"
 INPUT_ROWS = "__input__"  # key of a first-segment part's stats: the shard's input row count
+FINGERPRINT = "__fingerprint__"  # key of a piece's stats (and artifact): what produced it (fingerprint.py)
+# What a run writes directly under OUT/; `--fresh` removes exactly these, nothing else of the directory.
+RUN_FILES = ("work", "manifest", "kept", "artifacts", "exports", "stats.json", "pipeline.json", "report.html")
 
 
 # -- atomic writes -----------------------------------------------------------------------------
@@ -38,19 +42,33 @@ def ensure_writable_dir(path: str) -> None:
         raise WinnowError(f"output {path}: not writable ({exc.strerror or exc})") from None
 
 
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def _atomic(path: str, write) -> None:
+    """``write(tmp)`` then rename onto ``path``. A full or read-only disk is one line naming the path;
+    the half-written temp file is removed, so nothing half-written is ever taken for done."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise WinnowError(f"output {path}: cannot write ({reason})") from None
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    _atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_json_atomic(obj, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+
+    _atomic(path, write)
 
 
 def read_json(path: str):
@@ -59,11 +77,11 @@ def read_json(path: str):
 
 
 def write_bytes_atomic(data: bytes, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _atomic(path, write)
 
 
 def stage_context(out: str) -> StageContext:
@@ -111,12 +129,29 @@ def read_partials(seg: str, stem: str) -> list:
         return pickle.load(f)
 
 
+def read_if_done(path: str, fingerprint: str) -> dict | None:
+    """A piece's JSON record (a part's stats, a group barrier's stats, an artifact) when it exists, parses,
+    and was produced by what would produce it now; else None and the piece is redone. A truncated or
+    foreign record is not done."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.pop(FINGERPRINT, None) != fingerprint:
+        return None
+    return record
+
+
+def part_done(part: str, fingerprint: str) -> bool:
+    return os.path.exists(part) and read_if_done(part + ".stats.json", fingerprint) is not None
+
+
 def merge_part_stats(part: str, shard_index: int, stats: dict, input_rows: dict) -> None:
     """Fold a checkpointed part's stats (written beside it) into the run's totals."""
     for name, st in read_json(part + ".stats.json").items():
         if name == INPUT_ROWS:
             input_rows[shard_index] = st["rows"]
-        else:
+        elif name != FINGERPRINT:
             stats[name] = stats_mod.merge(stats.get(name, {}), st)
 
 
@@ -125,17 +160,16 @@ def artifact_path(out: str, stage_name: str) -> str:
     return os.path.join(out, "artifacts", f"{stage_name}.json")
 
 
-def load_artifact(out: str, stage_name: str) -> dict | None:
-    path = artifact_path(out, stage_name)
-    return read_json(path) if os.path.exists(path) else None
+def load_artifact(out: str, stage_name: str, fingerprint: str) -> dict | None:
+    return read_if_done(artifact_path(out, stage_name), fingerprint)
 
 
-def save_artifact(stage, artifact: dict, out: str) -> None:
+def save_artifact(stage, artifact: dict, out: str, fingerprint: str) -> None:
     """A barrier's artifact: the stage's extra files (e.g. Parquet tables) first, the JSON that marks
     the barrier done last."""
     folder = os.path.join(out, "artifacts")
     stage.write_artifacts(artifact, lambda table, name: write_parquet_atomic(table, os.path.join(folder, name)))
-    write_json_atomic(artifact, artifact_path(out, stage.instance_name))
+    write_json_atomic({FINGERPRINT: fingerprint, **artifact}, artifact_path(out, stage.instance_name))
 
 
 def manifest_part(out: str, stem: str) -> str:
@@ -144,3 +178,41 @@ def manifest_part(out: str, stem: str) -> str:
 
 def kept_part(out: str, stem: str) -> str:
     return os.path.join(out, "kept", f"part-{stem}.parquet")
+
+
+# -- the run as a whole ------------------------------------------------------------------------
+def run_record_path(out: str) -> str:
+    return os.path.join(out, "work", "run.json")
+
+
+def has_run_files(out: str) -> bool:
+    return any(os.path.exists(os.path.join(out, name)) for name in RUN_FILES)
+
+
+def clear_run(out: str) -> None:
+    """`--fresh`: remove what a run wrote (RUN_FILES), never anything else in the directory."""
+    import shutil
+
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def prune_outputs(out: str, stems: set[str], write_kept: bool) -> list[str]:
+    """Remove manifest/kept files of shards no longer in the input (a resumed run must not carry them),
+    and the whole kept set when this run writes none (whether it does is not part of the fingerprint:
+    it changes which outputs exist, never a decision)."""
+    removed = []
+    for folder in ("manifest", "kept"):
+        keep = stems if folder == "manifest" or write_kept else set()
+        path = os.path.join(out, folder)
+        for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
+            stem = name[len("part-"):-len(".parquet")] if name.startswith("part-") and name.endswith(".parquet") \
+                else None
+            if stem not in keep:
+                os.remove(os.path.join(path, name))
+                removed.append(os.path.join(folder, name))
+    return removed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -50,8 +51,12 @@ print("built")
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel")
+    # build from a copy: setuptools leaves build/ behind, and a stale build/ would leak old modules into the wheel
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                               ".pytest_cache", "demo_out", ".whl", ".gpu_data"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(root / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+                           "-w", str(root / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheel = glob.glob(str(root / "dist" / "winnow-*.whl"))[0]
     env_dir = root / "venv"

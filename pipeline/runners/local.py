@@ -15,20 +15,22 @@ import pyarrow.parquet as pq
 from winnow.pipeline import outputs, rundir
 from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import stats as stats_mod
+from winnow.pipeline.fingerprint import RunFingerprints
 from winnow.pipeline.groups import group_barrier
 from winnow.pipeline.inputs import Shard, read_shard
-from winnow.pipeline.rundir import INPUT_ROWS, part_path
+from winnow.pipeline.rundir import FINGERPRINT, INPUT_ROWS, part_path
 from winnow.pipeline.stats import Progress
 from winnow.stages.base import GlobalStage, GroupStage, Stage
 from winnow.stages.columns import ensure_reject_columns
 
 
 def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str],
-              progress: Progress, write_kept: bool | None = None) -> dict:
+              progress: Progress, fingerprints: RunFingerprints, write_kept: bool | None = None) -> dict:
     """Run every segment over every shard; returns per-stage stats merged over the run.
 
-    With ``write_kept`` given, a final segment without a barrier also writes each shard's manifest
-    (and kept) file from the rows in memory, before the part that marks the shard done.
+    A piece is reused only when the fingerprint recorded with it is ``fingerprints``' (what would
+    produce it now). With ``write_kept`` given, a final segment without a barrier also writes each
+    shard's manifest (and kept) file from the rows in memory, before the part that marks the shard done.
     """
     segments = plan_mod.make_plan(stages, rundir.stage_context(out))
     stats: dict[str, dict] = {}
@@ -36,25 +38,26 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
     for k, seg in enumerate(segments):
         for shard in shards:
             path = part_path(out, k, shard.stem)
-            if not os.path.exists(path):
+            fp = fingerprints.part(k, shard.index)
+            if not rundir.part_done(path, fp):
                 table = _load_input(out, k, shard, columns, stages)
                 n_in = table.num_rows
                 table, st = plan_mod.run_steps(seg.steps, table)
                 if k == 0:
                     st[INPUT_ROWS] = {"rows": n_in}
-                rundir.write_json_atomic(st, path + ".stats.json")
+                rundir.write_json_atomic({FINGERPRINT: fp, **st}, path + ".stats.json")
                 if write_kept is not None and plan_mod.writes_outputs(segments, k):
                     outputs.write_table_outputs(table, shard.stem, out, write_kept)
                 rundir.write_parquet_atomic(table, path)
                 for name, s in st.items():
-                    if name != INPUT_ROWS:
+                    if name not in (INPUT_ROWS, FINGERPRINT):
                         progress.report(name, f"shard {shard.stem}", s)
             rundir.merge_part_stats(path, shard.index, stats, input_rows)
         if isinstance(seg.barrier, GlobalStage):
-            artifact = _global_barrier(seg.barrier, out, k, shards)
+            artifact = _global_barrier(seg.barrier, out, k, shards, fingerprints.barrier(k))
             segments[k + 1].steps[0].artifact = artifact
         elif isinstance(seg.barrier, GroupStage):
-            st = _group_barrier(seg.barrier, out, k, shards)
+            st = _group_barrier(seg.barrier, out, k, shards, fingerprints.barrier(k))
             stats[seg.barrier.instance_name] = stats_mod.merge(stats.get(seg.barrier.instance_name, {}), st)
             progress.report(seg.barrier.instance_name, "all shards", st)
     final = [rundir.final_part(out, len(segments) - 1, s.stem) for s in shards]
@@ -71,26 +74,27 @@ def _load_input(out: str, k: int, shard: Shard, columns: dict[str, str], stages:
     return table
 
 
-def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard]) -> dict:
-    artifact = rundir.load_artifact(out, stage.instance_name)
+def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard], fp: str) -> dict:
+    artifact = rundir.load_artifact(out, stage.instance_name, fp)
     if artifact is not None:
         return artifact
     parts = [plan_mod.global_partial(stage, pq.read_table(part_path(out, k, s.stem))) for s in shards]
     artifact = stage.finalize(stage.combine(parts))
-    rundir.save_artifact(stage, artifact, out)
+    rundir.save_artifact(stage, artifact, out, fp)
     return artifact
 
 
-def _group_barrier(stage: GroupStage, out: str, k: int, shards: list[Shard]) -> dict:
+def _group_barrier(stage: GroupStage, out: str, k: int, shards: list[Shard], fp: str) -> dict:
     """Group over the whole run (not per shard), then split back per shard."""
     parts = [part_path(out, k, s.stem) for s in shards]
     done = [rundir.grouped_path(p) for p in parts]
     stats_path = rundir.group_stats_path(out, k, stage.instance_name)
-    if all(os.path.exists(p) for p in done) and os.path.exists(stats_path):
-        return rundir.read_json(stats_path)
+    previous = rundir.read_if_done(stats_path, fp)
+    if previous is not None and all(os.path.exists(p) for p in done):
+        return previous
     # Bounded memory: only the columns deciding reads, hash-partitioned on disk (pipeline/groups.py).
     t0 = time.perf_counter()
     st = group_barrier(stage, parts, done, rundir.group_work_dir(out, k, stage.instance_name))
     st["seconds"] = time.perf_counter() - t0
-    rundir.write_json_atomic(st, stats_path)
+    rundir.write_json_atomic({FINGERPRINT: fp, **st}, stats_path)
     return st

@@ -173,7 +173,7 @@ def read_dataset(shards: list[Shard], source: tuple, cluster: dict, first: Stage
     """
     import ray.data
 
-    items = [{"path": s.path, "index": s.index, "format": s.format} for s in shards]
+    items = [{"path": s.path, "index": s.index, "format": s.format, "key": s.key, "name": s.name} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow",
                           **read_args(first, cluster, len(items)))
@@ -181,7 +181,7 @@ def read_dataset(shards: list[Shard], source: tuple, cluster: dict, first: Stage
 
 def _read_batch(batch: pa.Table, source: tuple):
     for item in batch.to_pylist():
-        shard = Shard(item["path"], item["index"], item["format"])
+        shard = Shard(item["path"], item["index"], item["format"], item["key"], item["name"])
         if source[0] == "keyed":  # a group pass: only live rows with a key travel, only the columns it reads
             _, key, columns = source
             table = blocks.add_internal(pq.read_table(shard.path, columns=columns), shard.index)

@@ -16,7 +16,7 @@ import json
 import os
 import pickle
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from winnow.pipeline import outputs, rundir
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.plan import global_partial
-from winnow.pipeline.rundir import INPUT_ROWS, LIVE_IN, NROWS, ROW, SEC, SHARD
+from winnow.pipeline.rundir import FINGERPRINT, INPUT_ROWS, LIVE_IN, NROWS, ROW, SEC, SHARD
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE, live_mask
 
 
@@ -72,6 +72,8 @@ class PassSpec:
     first: bool = False  # the first segment records each shard's input row count
     whole_shards: bool = True  # False for a group pass: only some rows travel, pieces are patched in later
     final_outputs: tuple[str, bool] | None = None  # (run dir, write_kept): the run's last pass writes them too
+    stems: dict[int, str] = field(default_factory=dict)  # shard index -> its output stem
+    fingerprints: dict[int, str] = field(default_factory=dict)  # shard index -> what produces its part
 
     def part(self, stem: str) -> str:
         return os.path.join(self.seg_dir, f"part-{stem}{self.suffix}")
@@ -132,18 +134,17 @@ def write_block(table: pa.Table, spec: PassSpec, partial_stage=None) -> pa.Table
         bs = block_stats(piece, spec)
         view, internal = split_internal(piece)
         partial = global_partial(partial_stage, view) if spec.partials else None
-        stem = f"{int(s):05d}"
         done = spec.whole_shards and piece.num_rows == n
         block = None
         if done:
             rows = internal[ROW].to_numpy()
             in_order = bool(np.all(rows[1:] > rows[:-1]))  # the usual case: no copy needed
             shard_stats = stage_stats(bs, spec.steps) | ({INPUT_ROWS: {"rows": n}} if spec.first else {})
-            write_shard(spec, stem, view if in_order else view.take(pc.sort_indices(internal[ROW])), shard_stats,
+            write_shard(spec, s, view if in_order else view.take(pc.sort_indices(internal[ROW])), shard_stats,
                         [partial] if spec.partials else None)
         else:
             first_row = int(pc.min(internal[ROW]).as_py())
-            block = os.path.join(spec.block_dir, f"{stem}-{first_row:012d}.parquet")
+            block = os.path.join(spec.block_dir, f"{int(s):05d}-{first_row:012d}.parquet")
             rundir.write_parquet_atomic(view.append_column(ROW, internal[ROW]), block)
         for key, value in (("shard", int(s)), ("n", n), ("rows", piece.num_rows), ("block", block),
                            ("stats", json.dumps(bs)), ("done", done),
@@ -168,22 +169,24 @@ META_SCHEMA = pa.schema([("shard", pa.int32()), ("n", pa.int64()), ("rows", pa.i
                          ("stats", pa.string()), ("partial", pa.binary()), ("done", pa.bool_())])
 
 
-def merge_blocks(spec: PassSpec, stem: str, blocks: list[str], shard_stats: dict | None,
+def merge_blocks(spec: PassSpec, index: int, blocks: list[str], shard_stats: dict | None,
                  partials: list[bytes] | None) -> None:
     """One shard's pieces -> its part, rows back in input order; the block files are removed."""
     table = pa.concat_tables([pq.read_table(p) for p in blocks], promote_options="permissive")
     table = table.take(pc.sort_indices(table[ROW])).drop_columns([ROW])
-    write_shard(spec, stem, table, shard_stats, [pickle.loads(p) for p in partials] if partials is not None else None)
+    write_shard(spec, index, table, shard_stats, [pickle.loads(p) for p in partials] if partials is not None else None)
     for p in blocks:
         os.remove(p)
 
 
-def write_shard(spec: PassSpec, stem: str, table: pa.Table, shard_stats: dict | None, partials: list | None) -> None:
+def write_shard(spec: PassSpec, index: int, table: pa.Table, shard_stats: dict | None, partials: list | None) -> None:
     """Partials and stats first, the part last: the part file is the shard's completion marker."""
+    stem = spec.stems[index]
     if partials is not None:
         rundir.write_bytes_atomic(pickle.dumps(partials), rundir.partials_path(spec.seg_dir, stem))
     if spec.shard_stats and shard_stats is not None:
-        rundir.write_json_atomic(shard_stats, spec.part(stem) + ".stats.json")
+        stats = {FINGERPRINT: spec.fingerprints[index], **shard_stats}
+        rundir.write_json_atomic(stats, spec.part(stem) + ".stats.json")
     if spec.final_outputs is not None:
         outputs.write_table_outputs(table, stem, *spec.final_outputs)
     rundir.write_parquet_atomic(table, spec.part(stem))

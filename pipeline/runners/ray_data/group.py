@@ -34,7 +34,8 @@ MAX_PARTITIONS = 32
 ONE_TASK_ROWS = 250_000
 
 
-def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster: dict, progress: Progress) -> dict:
+def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster: dict, progress: Progress,
+               fingerprint: str) -> dict:
     """Decide ``stage`` over every shard of segment ``k``; returns its stats (as the local runner counts)."""
     import ray
 
@@ -42,8 +43,9 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
     stats_path = rundir.group_stats_path(out, k, name)
     full = [part_path(out, k, s.stem) for s in shards]
     grouped = [rundir.grouped_path(p) for p in full]
-    if os.path.exists(stats_path) and all(os.path.exists(p) for p in grouped):
-        return rundir.read_json(stats_path)
+    previous = rundir.read_if_done(stats_path, fingerprint)
+    if previous is not None and all(os.path.exists(p) for p in grouped):
+        return previous
     keys = stage.group_keys()
     wanted = stage.decide_columns()
     if wanted is not None:
@@ -97,7 +99,7 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
     if one_task:
         shutil.rmtree(work, ignore_errors=True)
     totals["seconds"] = time.perf_counter() - t0
-    rundir.write_json_atomic(totals, stats_path)
+    rundir.write_json_atomic({rundir.FINGERPRINT: fingerprint, **totals}, stats_path)
     progress.report(name, "group, all shards", totals)
     return totals
 

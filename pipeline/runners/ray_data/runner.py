@@ -15,30 +15,27 @@ import os
 import shutil
 import sys
 
-import pyarrow.parquet as pq
-
 from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import rundir
 from winnow.pipeline import stats as stats_mod
-from winnow.pipeline.inputs import Shard, assign_uids, canonicalize
+from winnow.pipeline.fingerprint import RunFingerprints
+from winnow.pipeline.inputs import Shard
 from winnow.pipeline.rundir import INPUT_ROWS, part_path, seg_dir
 from winnow.pipeline.runners.ray_data import adapter, blocks, session
 from winnow.pipeline.runners.ray_data.group import group_pass
 from winnow.pipeline.runners.ray_data.tracker import Tracker
 from winnow.pipeline.stats import Progress
 from winnow.stages.base import GlobalStage, GroupStage, Stage
-from winnow.stages.columns import ensure_reject_columns
 from winnow.stages.errors import WinnowError
 
 
 def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str], progress: Progress,
-            address: str | None = None, write_kept: bool | None = None) -> dict:
+            fingerprints: RunFingerprints, address: str | None = None, write_kept: bool | None = None) -> dict:
     """Same contract as ``run_local``: per-stage stats, one final Parquet part per shard, input rows.
 
     With ``write_kept`` given, a final segment without a barrier also writes each shard's manifest (and
     kept) file where the shard is processed, so the driver never reads the rows back.
     """
-    _preflight(stages, shards, columns)
     out = os.path.abspath(out)  # workers may run elsewhere: paths must not depend on their cwd
     segments = plan_mod.make_plan(stages, rundir.stage_context(out))
     started = session.connect(address, min_cpus=max(adapter.cpus_needed(s.steps) for s in segments))
@@ -51,13 +48,15 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
             final_outputs = (out, write_kept) if write_kept is not None and plan_mod.writes_outputs(segments, k) \
                 else None
             session.guard(lambda: _segment_pass(k, seg, stages, shards, out, columns, cluster, progress,
-                                                final_outputs))
+                                                fingerprints, final_outputs))
             for shard in shards:
                 rundir.merge_part_stats(part_path(out, k, shard.stem), shard.index, stats, input_rows)
             if isinstance(seg.barrier, GlobalStage):
-                segments[k + 1].steps[0].artifact = _global_barrier(seg.barrier, out, k, shards)
+                segments[k + 1].steps[0].artifact = _global_barrier(seg.barrier, out, k, shards,
+                                                                    fingerprints.barrier(k))
             elif isinstance(seg.barrier, GroupStage):
-                st = session.guard(lambda: group_pass(k, seg.barrier, shards, out, cluster, progress))
+                st = session.guard(lambda: group_pass(k, seg.barrier, shards, out, cluster, progress,
+                                                      fingerprints.barrier(k)))
                 name = seg.barrier.instance_name
                 stats[name] = stats_mod.merge(stats.get(name, {}), st)
         final = [rundir.final_part(out, len(segments) - 1, s.stem) for s in shards]
@@ -66,23 +65,6 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
     finally:
         if started:
             session.shutdown()
-
-
-def _preflight(stages: list[Stage], shards: list[Shard], columns: dict) -> None:
-    """Mistakes visible from Parquet footers (missing or mistyped columns) fail here, before Ray starts;
-    other formats are checked as they are read, and their errors come back as the same one line."""
-    for shard in shards:
-        if shard.format != "parquet":
-            continue
-        try:
-            empty = pq.read_schema(shard.path).empty_table()
-        except Exception as exc:
-            raise WinnowError(f"input {shard.path}: cannot be read as parquet ({str(exc).splitlines()[0]})") from None
-        table = canonicalize(empty, columns, shard.path)
-        if "uid" not in table.column_names:
-            table = table.append_column("uid", assign_uids(table))
-        if stages:
-            stages[0].check_columns(ensure_reject_columns(table).schema, f"input {shard.path}")
 
 
 def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool) -> None:
@@ -97,11 +79,13 @@ def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool) -> None:
 
 # -- one segment -------------------------------------------------------------------------------
 def _segment_pass(k: int, seg: plan_mod.Segment, stages: list[Stage], shards: list[Shard], out: str,
-                  columns: dict, cluster: dict, progress: Progress, final_outputs: tuple | None = None) -> None:
+                  columns: dict, cluster: dict, progress: Progress, fingerprints: RunFingerprints,
+                  final_outputs: tuple | None = None) -> None:
     spec = blocks.PassSpec(
         seg_dir=seg_dir(out, k), block_dir=os.path.join(seg_dir(out, k), "blocks"),
         steps=[(s.stage.instance_name, s.kind) for s in seg.steps],
-        partials=isinstance(seg.barrier, GlobalStage), first=k == 0, final_outputs=final_outputs)
+        partials=isinstance(seg.barrier, GlobalStage), first=k == 0, final_outputs=final_outputs,
+        stems={s.index: s.stem for s in shards}, fingerprints={s.index: fingerprints.part(k, s.index) for s in shards})
     pending = [s for s in shards if not _segment_done(spec, s)]
     if not pending:
         return
@@ -122,24 +106,24 @@ def _segment_pass(k: int, seg: plan_mod.Segment, stages: list[Stage], shards: li
                 raise WinnowError(f"shard {shard.path}: {table.num_rows} rows went missing in segment {k}")
             steps = copy.deepcopy(seg.steps)  # keep the driver's stages un-setup (they are pickled to workers)
             table, st = plan_mod.run_steps(steps, table)
-            blocks.write_shard(spec, shard.stem, table, st | ({INPUT_ROWS: {"rows": 0}} if k == 0 else {}),
+            blocks.write_shard(spec, shard.index, table, st | ({INPUT_ROWS: {"rows": 0}} if k == 0 else {}),
                                [] if spec.partials else None)
     shutil.rmtree(spec.block_dir, ignore_errors=True)
 
 
 def _segment_done(spec: blocks.PassSpec, shard: Shard) -> bool:
-    if not os.path.exists(spec.part(shard.stem)):
+    if not rundir.part_done(spec.part(shard.stem), spec.fingerprints[shard.index]):
         return False
     return not spec.partials or os.path.exists(rundir.partials_path(spec.seg_dir, shard.stem))
 
 
 # -- barriers --------------------------------------------------------------------------------
-def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard]) -> dict:
+def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard], fp: str) -> dict:
     """Only the small per-block partials meet on the driver: combine, finalize, save the artifact."""
-    artifact = rundir.load_artifact(out, stage.instance_name)
+    artifact = rundir.load_artifact(out, stage.instance_name, fp)
     if artifact is not None:
         return artifact
     parts = [p for s in shards for p in rundir.read_partials(seg_dir(out, k), s.stem)]
     artifact = stage.finalize(stage.combine(parts))
-    rundir.save_artifact(stage, artifact, out)
+    rundir.save_artifact(stage, artifact, out, fp)
     return artifact

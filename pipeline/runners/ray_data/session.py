@@ -124,6 +124,12 @@ def user_error(exc: BaseException) -> str | None:
         if isinstance(e, WinnowError) and not isinstance(e, RayTaskError):
             return _first_line(e)
         stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    # Ray Data wraps a UDF's exception in a UserCodeException and pickling drops the chain: the
+    # worker's WinnowError then survives only as a line of the traceback text.
+    marker = f"{WinnowError.__module__}.{WinnowError.__qualname__}: "
+    for line in str(exc).splitlines():
+        if line.startswith(marker):
+            return line[len(marker):]
     return None
 
 

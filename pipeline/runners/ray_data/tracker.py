@@ -66,7 +66,7 @@ class Tracker:
             shard_stats[INPUT_ROWS] = {"rows": pieces[0]["n"]}
         partials = [p["partial"] for p in pieces] if self.spec.partials else None
         task = session.remote_task(blocks.merge_blocks)
-        self.merges.append(task.remote(self.spec, f"{pieces[0]['shard']:05d}", [p["block"] for p in pieces],
+        self.merges.append(task.remote(self.spec, pieces[0]["shard"], [p["block"] for p in pieces],
                                        shard_stats, partials))
         self.done += 1
 

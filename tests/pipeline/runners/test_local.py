@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from winnow.pipeline.config import parse_pipeline
+from winnow.pipeline.inputs import list_shards
 from winnow.pipeline.run import execute
 from winnow.stages.base import GlobalStage, GroupStage, Param
 from winnow.stages.columns import set_column
@@ -70,7 +71,9 @@ def test_stage_outputs_stats_and_conservation(sample_dir, tmp_path):
     manifest = _manifest(tmp_path)
     assert manifest.num_rows == 400 == stats["rows_in"]
     assert "image" not in manifest.column_names  # bytes stay out of the decision record
-    assert sorted(os.listdir(tmp_path / "manifest")) == [f"part-0000{i}.parquet" for i in range(4)]
+    # one manifest file per input shard, named after the shard (its file name and fingerprint), not its position
+    assert sorted(os.listdir(tmp_path / "manifest")) == sorted(f"part-{s.stem}.parquet"
+                                                              for s in list_shards(str(sample_dir)))
     st = stats["stages"]["basic_filter"]
     rejected = pc.sum(pc.is_valid(manifest["reject_stage"])).as_py()
     assert st["rows_in"] == 400 and st["kept"] == 400 - rejected == stats["rows_kept"]
@@ -127,9 +130,10 @@ def test_rerun_resumes_from_checkpoints_and_is_identical(sample_dir, tmp_path):
     cfg = parse_pipeline({"input": str(sample_dir), "stages": [{"stage": "basic_filter"}]})
     execute(cfg, str(tmp_path), progress=False)
     first = _manifest(tmp_path)
-    done = tmp_path / "work" / "seg-0" / "part-00001.parquet"
+    shards = list_shards(str(sample_dir))
+    done = tmp_path / "work" / "seg-0" / f"part-{shards[1].stem}.parquet"
     mtime = done.stat().st_mtime_ns
-    os.remove(tmp_path / "work" / "seg-0" / "part-00002.parquet")  # as if the run died there
+    os.remove(tmp_path / "work" / "seg-0" / f"part-{shards[2].stem}.parquet")  # as if the run died there
     execute(cfg, str(tmp_path), progress=False)
     assert done.stat().st_mtime_ns == mtime  # finished shard not redone
     assert _manifest(tmp_path).equals(first)
@@ -141,7 +145,9 @@ def test_outputs_written_in_the_last_pass_survive_resume_and_a_write_kept_change
     spec = {"input": str(sample_dir), "stages": [{"stage": "basic_filter"}]}
     stats = execute(parse_pipeline(spec | {"write_kept": False}), str(tmp_path), progress=False)
     assert not (tmp_path / "kept").exists()
-    part, manifest = tmp_path / "work" / "seg-0" / "part-00000.parquet", tmp_path / "manifest" / "part-00000.parquet"
+    stem = list_shards(str(sample_dir))[0].stem
+    part = tmp_path / "work" / "seg-0" / f"part-{stem}.parquet"
+    manifest = tmp_path / "manifest" / f"part-{stem}.parquet"
     written = manifest.stat().st_mtime_ns
     execute(parse_pipeline(spec | {"write_kept": False}), str(tmp_path), progress=False)
     assert manifest.stat().st_mtime_ns == written  # resumed: the pass's own outputs are reused

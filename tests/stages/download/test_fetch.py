@@ -24,6 +24,7 @@ from PIL import Image
 
 from tests.stages.download.http_fixtures import FixtureServer
 from winnow.pipeline.config import parse_pipeline
+from winnow.pipeline.inputs import list_shards
 from winnow.pipeline.plan import Step
 from winnow.pipeline.run import execute
 from winnow.stages import registry
@@ -206,7 +207,7 @@ def test_rerun_skips_downloaded_shards(tmp_path, server):
     assert server.total_hits() == hits
     assert manifest(out).equals(first)
     # an interrupted run: shard b's checkpoint is missing, so only its 5 URLs are fetched again
-    os.remove(os.path.join(out, "work", "seg-0", "part-00001.parquet"))
+    os.remove(os.path.join(out, "work", "seg-0", f"part-{list_shards(str(urls))[1].stem}.parquet"))
     execute(pipeline(urls), out, progress=False)
     assert server.total_hits() == hits + 5
     assert manifest(out).equals(first)
