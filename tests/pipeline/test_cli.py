@@ -6,6 +6,7 @@ import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO
@@ -57,6 +58,7 @@ def test_config_file_and_set_override(sample_dir, tmp_path):
     assert stage_cfg["min_words"] == 2 and stage_cfg["languages"] == ["en", "fr"]
 
 
+@pytest.mark.torture
 def test_user_mistakes_are_one_line_errors(sample_dir, tmp_path):
     shard = sample_dir / "shard-00000.parquet"
     assert_one_line_error(winnow("stage", "nope", "--input", shard, "--output", tmp_path / "a"), "unknown stage 'nope'")
@@ -76,6 +78,7 @@ def test_user_mistakes_are_one_line_errors(sample_dir, tmp_path):
                                  tmp_path / "f"), "no such file")
 
 
+@pytest.mark.torture
 def test_output_not_writable(sample_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory must go")
@@ -83,6 +86,7 @@ def test_output_not_writable(sample_dir, tmp_path):
                           "not writable")
 
 
+@pytest.mark.torture
 def test_conservation_across_all_bad_inputs(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (300, 300), "red").save(buf, "JPEG")

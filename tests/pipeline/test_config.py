@@ -18,6 +18,8 @@ from winnow.pipeline.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+pytestmark = pytest.mark.torture
+
 
 def _write(tmp_path, data, name="p.yaml"):
     path = tmp_path / name

@@ -66,6 +66,7 @@ def test_directory_and_glob_listing(tmp_path):
     assert len(list_shards(str(tmp_path / "p[01].parquet"))) == 2
 
 
+@pytest.mark.torture
 def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(WinnowError, match="no such file"):
         list_shards(str(tmp_path / "missing.parquet"))

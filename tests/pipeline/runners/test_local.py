@@ -126,6 +126,7 @@ def test_global_and_group_barriers_span_all_shards(tmp_path):
     assert m.num_rows == 40
 
 
+@pytest.mark.torture
 def test_rerun_resumes_from_checkpoints_and_is_identical(sample_dir, tmp_path):
     cfg = parse_pipeline({"input": str(sample_dir), "stages": [{"stage": "basic_filter"}]})
     execute(cfg, str(tmp_path), progress=False)
@@ -167,6 +168,7 @@ def test_outputs_written_in_the_last_pass_survive_resume_and_a_write_kept_change
     assert pq.read_table(out / "kept").num_rows == 9
 
 
+@pytest.mark.torture
 def test_missing_required_column_is_one_clear_error(tmp_path):
     pq.write_table(pa.table({"url": ["http://h/1"]}), tmp_path / "in.parquet")
     cfg = parse_pipeline({"input": str(tmp_path / "in.parquet"), "stages": [{"stage": "basic_filter"}]})

@@ -204,6 +204,7 @@ def test_ray_equals_local_with_barriers(ray_run, reference):
     assert not glob.glob(os.path.join(out, "work", "*", "blocks*"))  # temporary pieces cleaned up
 
 
+@pytest.mark.torture
 def test_worker_killed_mid_stage_is_retried(ray_run, reference):
     """The run above survived a task worker and an actor each calling os._exit on their first batch."""
     task_marker, actor_marker = ray_run["markers"]
@@ -240,6 +241,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.torture
 def test_driver_killed_then_rerun_resumes(sample_dir, tmp_path, reference):
     """`winnow run` (embedded Ray, no --address) SIGKILLed after its first checkpoint, then rerun."""
     out = tmp_path / "out"
