@@ -161,15 +161,26 @@ def artifact_path(out: str, stage_name: str) -> str:
 
 
 def load_artifact(out: str, stage_name: str, fingerprint: str) -> dict | None:
-    return read_if_done(artifact_path(out, stage_name), fingerprint)
+    """A barrier's artifact when it exists and was produced by what would produce it now."""
+    path = artifact_path(out, stage_name)
+    if read_if_done(path + ".fingerprint", fingerprint) is None:
+        return None
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
 
 
 def save_artifact(stage, artifact: dict, out: str, fingerprint: str) -> None:
-    """A barrier's artifact: the stage's extra files (e.g. Parquet tables) first, the JSON that marks
-    the barrier done last."""
+    """A barrier's artifact: its fingerprint and the stage's extra files (e.g. Parquet tables) first, the
+    JSON that marks the barrier done last. The JSON itself stays the stage's own, comparable across runs."""
     folder = os.path.join(out, "artifacts")
+    path = artifact_path(out, stage.instance_name)
+    if os.path.exists(path):
+        os.remove(path)  # not done until rewritten below
+    write_json_atomic({FINGERPRINT: fingerprint}, path + ".fingerprint")
     stage.write_artifacts(artifact, lambda table, name: write_parquet_atomic(table, os.path.join(folder, name)))
-    write_json_atomic({FINGERPRINT: fingerprint, **artifact}, artifact_path(out, stage.instance_name))
+    write_json_atomic(artifact, path)
 
 
 def manifest_part(out: str, stem: str) -> str:
