@@ -25,7 +25,8 @@ def cmd_stages(args) -> int:
         print(f"    {cls.help}")
         for p in cls.params:
             choices = f" one of {list(p.choices)}" if p.choices else ""
-            print(f"    --set {p.name}=<{p.type.__name__}>  default {json.dumps(p.default)}{choices}: {p.help}")
+            bounds = f", {p.range_text()}" if p.range_text() else ""
+            print(f"    --set {p.name}=<{p.type.__name__}>  default {json.dumps(p.default)}{bounds}{choices}: {p.help}")
         print()
     return 0
 

@@ -6,6 +6,7 @@ import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO
@@ -74,6 +75,23 @@ def test_user_mistakes_are_one_line_errors(sample_dir, tmp_path):
                           "needs column 'caption'")
     assert_one_line_error(winnow("stage", "basic_filter", "--input", tmp_path / "missing", "--output",
                                  tmp_path / "f"), "no such file")
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(60)
+def test_out_of_range_parameters_are_one_line_errors(sample_dir, tmp_path):
+    shard = sample_dir / "shard-00000.parquet"
+    for i, (setting, needles) in enumerate([
+        ("min_words=1000000000000000000000000000000", ["'min_words'", "64 bits"]),  # was an OverflowError
+        ("max_aspect_ratio=-1", ["'max_aspect_ratio'", "must be >= 0", "got -1"]),
+        ("max_chars=-5", ["'max_chars'", "must be >= 0", "got -5"]),
+    ]):
+        proc = winnow("stage", "basic_filter", "--input", shard, "--output", tmp_path / str(i), "--set", setting)
+        assert_one_line_error(proc, "stage 'basic_filter' (basic_filter)", *needles)
+        assert not (tmp_path / str(i) / "manifest").exists()
+    listing = winnow("stages", check=True).stdout
+    assert "--set max_chars=<int>  default 0, >= 0:" in listing
+    assert "--set eps=<float>  default 0.05, in (0, 2):" in listing
 
 
 def test_output_not_writable(sample_dir, tmp_path):
