@@ -37,6 +37,7 @@ def cmd_stage(args) -> int:
 
     from winnow.pipeline.config import parse_columns, parse_pipeline, parse_set
     from winnow.pipeline.run import execute
+    from winnow.stages import get_stage
 
     params = {}
     if args.config:
@@ -48,7 +49,11 @@ def cmd_stage(args) -> int:
         if not isinstance(loaded, dict):
             raise WinnowError(f"--config {args.config}: must be a mapping of parameter: value")
         params.update(loaded)
-    params.update(parse_set(args.set or []))
+    try:
+        declared = get_stage(args.name).params
+    except WinnowError:
+        declared = ()  # parse_pipeline below names the unknown stage, with its source
+    params.update(parse_set(args.set or [], declared))
     cfg = parse_pipeline({"input": args.input, "output": args.output, "columns": parse_columns(args.columns),
                           "seed": args.seed, "write_kept": args.kept,
                           "stages": [{"stage": args.name, **params}]}, source=f"stage {args.name}")

@@ -1,6 +1,7 @@
 """The `winnow` CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -92,6 +93,25 @@ def test_out_of_range_parameters_are_one_line_errors(sample_dir, tmp_path):
     listing = winnow("stages", check=True).stdout
     assert "--set max_chars=<int>  default 0, >= 0:" in listing
     assert "--set eps=<float>  default 0.05, in (0, 2):" in listing
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(60)
+def test_set_of_a_string_parameter_takes_the_text_as_given(sample_dir, tmp_path):
+    from winnow.stages.filter.basic import _default_lid_path
+
+    # "lid: models" makes the path a YAML mapping: it used to be refused as "'lid_model' must be str, got dict"
+    lid = tmp_path / "lid: models" / "lid.176.ftz"
+    lid.parent.mkdir()
+    shutil.copyfile(_default_lid_path(), lid)
+    out = tmp_path / "o"
+    winnow("stage", "basic_filter", "--input", sample_dir / "shard-00000.parquet", "--output", out, "--quiet",
+           "--set", f"lid_model={lid}", "--set", "languages=[en, fr]", "--set", "min_words=2", check=True)
+    meta = json.loads((out / "pipeline.json").read_text())
+    stage_cfg = meta["config"]["stages"][0]
+    assert stage_cfg["lid_model"] == str(lid)
+    assert stage_cfg["languages"] == ["en", "fr"] and stage_cfg["min_words"] == 2  # other types are still YAML
+    assert meta["models"]["basic_filter"]["lid_model"] == str(lid)  # the model really loaded from there
 
 
 def test_output_not_writable(sample_dir, tmp_path):
