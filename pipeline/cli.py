@@ -118,8 +118,19 @@ def _maybe_report(out: str) -> None:
         print(f"winnow: warning: report not written ({exc}); retry with `winnow report {out}`", file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with winnow's one-line errors: a bad flag or value is a user mistake like any other.
+
+    Subcommand parsers are made of the same class (``add_subparsers`` uses the parent's type).
+    """
+
+    def error(self, message: str):
+        print(f"winnow: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="winnow",
+    p = _Parser(prog="winnow",
                                 description="Curate image-text datasets: filter, dedup, balance, recaption.")
     sub = p.add_subparsers(dest="command", required=True)
 

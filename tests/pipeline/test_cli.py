@@ -114,6 +114,20 @@ def test_set_of_a_string_parameter_takes_the_text_as_given(sample_dir, tmp_path)
     assert meta["models"]["basic_filter"]["lid_model"] == str(lid)  # the model really loaded from there
 
 
+@pytest.mark.torture
+@pytest.mark.timeout(60)
+def test_bad_flags_are_one_line_errors_and_help_still_works(tmp_path):
+    base = ("stage", "basic_filter", "--input", tmp_path / "in", "--output", tmp_path / "o")
+    assert_one_line_error(winnow(*base, "--seed", "abc"), "argument --seed: invalid int value: 'abc'",
+                          "winnow stage --help")
+    assert_one_line_error(winnow(*base, "--bogus"), "unrecognized arguments: --bogus")
+    assert_one_line_error(winnow("run", "p.yaml", "--runner", "nope"), "argument --runner: invalid choice: 'nope'")
+    assert_one_line_error(winnow(), "required: command")
+    helped = winnow("stage", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: winnow stage") and "--seed" in helped.stdout
+    assert not (tmp_path / "o").exists()
+
+
 def test_output_not_writable(sample_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory must go")
