@@ -157,6 +157,11 @@ class Recaption(MapStage):
         texts = [self.engine.render(prompts[i]) for i, _ in seqs]
         out: dict[int, list] = {i: [None] * k_n for i in todo}
         seeds = [row_seed(self.gen_seed, str(uids[i]), k) for i, k in seqs]
+        skip = set()
+        for j, why in enumerate(self.engine.too_long(texts)):  # found before generating, named for what it is
+            if why:
+                errors[seqs[j][0]] = f"generation_failed: {why}"
+                skip.add(j)
 
         def run(part: list[int]) -> str | None:
             """Generate ``part``; returns the error text instead of raising (WinnowError = per-run: raised)."""
@@ -173,14 +178,16 @@ class Recaption(MapStage):
             return None
 
         for chunk in self.engine.chunks(texts, self.gen_batch_size):
-            if run(chunk) is None:
+            chunk = [j for j in chunk if j not in skip]
+            if not chunk or run(chunk) is None:
                 continue
             for j in chunk:  # one bad input must not cost the others their captions
                 failed = run([j])
                 if failed:
                     errors[seqs[j][0]] = failed
         if todo and all(errors.get(i) for i in todo) and len(todo) > 1:
-            raise WinnowError(f"recaption: generation failed for every row ({errors[todo[0]]}); check the model")
+            raise WinnowError(f"recaption: generation failed for every row ({errors[todo[0]]}); check the model "
+                              "and the prompt")
         return {i: caps for i, caps in out.items() if errors.get(i) is None and None not in caps}
 
 
