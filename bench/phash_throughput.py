@@ -8,7 +8,10 @@ Both include decoding from bytes in memory; both use a thread pool for the 2-thr
 Quality: the 50 COCO photos plus planted copies (re-encode q50-95, resize 0.5-2x, crops 2-10%,
 brightness +-10%, PNG, WebP); precision and recall of "is a copy of the same photo" per Hamming radius,
 for our hashes and for imagehash's hashes (the reference).
-Run: `python -m bench.phash_throughput` (needs ../shared/data).
+Agreement (`--agreement`): by how many bits our stored pHash differs from `imagehash.phash` (full
+decode) for the same bytes, on every COCO photo, on brightened copies (+30%, JPEG q90) and on the planted
+copies; counts of equal hashes, median and max difference, the histogram. The figure in docs/dedup.md.
+Run: `python -m bench.phash_throughput [--agreement]` (needs ../shared/data).
 """
 from __future__ import annotations
 
@@ -72,6 +75,40 @@ def reference(datas, threads):
         return list(pool.map(imagehash_one, datas))
 
 
+def encode(im, fmt, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def brightened(datas, factor: float = 1.3) -> list[bytes]:
+    from PIL import Image, ImageEnhance
+
+    return [encode(ImageEnhance.Brightness(Image.open(io.BytesIO(d)).convert("RGB")).enhance(factor), "JPEG",
+                   quality=90) for d in datas]
+
+
+def bit_differences(images: list[bytes]) -> np.ndarray:
+    """Per image: Hamming distance between our pHash and imagehash's of the same bytes."""
+    ours_h = phash_bytes(images)[0]
+    ref_h = np.array([imagehash_one(d) for d in images], dtype=np.uint64)
+    return np.unpackbits((ours_h ^ ref_h).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def agreement(datas) -> None:
+    images, _, kind = planted_copies(datas)
+    sets = {"COCO photos": datas, "brightness 1.3, JPEG q90": brightened(datas),
+            "planted copies, all kinds": [im for im, k in zip(images, kind) if k != "original"]}
+    sets |= {f"  {name}": [im for im, k in zip(images, kind) if k == name] for name in dict.fromkeys(kind)
+             if name != "original"}
+    print("bits by which our pHash differs from imagehash.phash of the same bytes")
+    print(f"{'images':<32} {'n':>4} {'equal':>6} {'median':>6} {'max':>4}  histogram (bits: count)")
+    for name, group in sets.items():
+        d = bit_differences(group)
+        hist = ", ".join(f"{b}: {c}" for b, c in zip(*np.unique(d, return_counts=True)))
+        print(f"{name:<32} {len(d):>4} {int((d == 0).sum()):>6} {float(np.median(d)):>6g} {int(d.max()):>4}  {hist}")
+
+
 def planted_copies(datas, seed=0):
     """(images, source photo index, kind) for originals and copies, as the tests plant them."""
     from PIL import Image, ImageEnhance
@@ -84,27 +121,22 @@ def planted_copies(datas, seed=0):
         source.append(k)
         kind.append(name)
 
-    def enc(im, fmt, **kw):
-        buf = io.BytesIO()
-        im.save(buf, format=fmt, **kw)
-        return buf.getvalue()
-
     for k, data in enumerate(datas):
         im = Image.open(io.BytesIO(data)).convert("RGB")
         w, h = im.size
         add(data, k, "original")
         for q in (50, 70, 95):
-            add(enc(im, "JPEG", quality=q), k, "reencode")
+            add(encode(im, "JPEG", quality=q), k, "reencode")
         for s in (0.5, 0.75, 1.5, 2.0):
-            add(enc(im.resize((int(w * s), int(h * s)), Image.BICUBIC), "JPEG", quality=90), k, "resize")
-        add(enc(im, "PNG", compress_level=1), k, "png/webp")
-        add(enc(im, "WEBP", quality=80, method=0), k, "png/webp")
+            add(encode(im.resize((int(w * s), int(h * s)), Image.BICUBIC), "JPEG", quality=90), k, "resize")
+        add(encode(im, "PNG", compress_level=1), k, "png/webp")
+        add(encode(im, "WEBP", quality=80, method=0), k, "png/webp")
         for b in (0.9, 1.1):
-            add(enc(ImageEnhance.Brightness(im).enhance(b), "JPEG", quality=90), k, "brightness")
+            add(encode(ImageEnhance.Brightness(im).enhance(b), "JPEG", quality=90), k, "brightness")
         for cut in (0.02, 0.05, 0.10):
             dx, dy = int(w * cut), int(h * cut)
             ox, oy = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
-            add(enc(im.crop((ox, oy, ox + w - dx, oy + h - dy)), "JPEG", quality=90), k, f"crop{int(cut * 100)}%")
+            add(encode(im.crop((ox, oy, ox + w - dx, oy + h - dy)), "JPEG", quality=90), k, f"crop{int(cut * 100)}%")
     return images, np.array(source), np.array(kind)
 
 
@@ -130,6 +162,10 @@ def main() -> int:
         print(f"skipped: no COCO photos in {COCO}")
         return 0
     datas = [open(p, "rb").read() for p in paths]
+    if "--agreement" in sys.argv[1:]:
+        print(f"{len(datas)} COCO photos from {os.path.abspath(COCO)}")
+        agreement(datas)
+        return 0
     print(f"{len(datas)} COCO photos (typ. 640x480 JPEG), {os.cpu_count()} cores")
     ok = True
     for threads in (1, 2):

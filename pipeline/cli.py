@@ -25,7 +25,8 @@ def cmd_stages(args) -> int:
         print(f"    {cls.help}")
         for p in cls.params:
             choices = f" one of {list(p.choices)}" if p.choices else ""
-            print(f"    --set {p.name}=<{p.type.__name__}>  default {json.dumps(p.default)}{choices}: {p.help}")
+            bounds = f", {p.range_text()}" if p.range_text() else ""
+            print(f"    --set {p.name}=<{p.type.__name__}>  default {json.dumps(p.default)}{bounds}{choices}: {p.help}")
         print()
     return 0
 
@@ -36,6 +37,7 @@ def cmd_stage(args) -> int:
 
     from winnow.pipeline.config import parse_columns, parse_pipeline, parse_set
     from winnow.pipeline.run import execute
+    from winnow.stages import get_stage
 
     params = {}
     if args.config:
@@ -47,7 +49,11 @@ def cmd_stage(args) -> int:
         if not isinstance(loaded, dict):
             raise WinnowError(f"--config {args.config}: must be a mapping of parameter: value")
         params.update(loaded)
-    params.update(parse_set(args.set or []))
+    try:
+        declared = get_stage(args.name).params
+    except WinnowError:
+        declared = ()  # parse_pipeline below names the unknown stage, with its source
+    params.update(parse_set(args.set or [], declared))
     cfg = parse_pipeline({"input": args.input, "output": args.output, "columns": parse_columns(args.columns),
                           "seed": args.seed, "write_kept": args.kept,
                           "stages": [{"stage": args.name, **params}]}, source=f"stage {args.name}")
@@ -120,8 +126,19 @@ def _add_resume_flags(s) -> None:
                         "pipeline too, reusing only the pieces whose fingerprints still match")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with winnow's one-line errors: a bad flag or value is a user mistake like any other.
+
+    Subcommand parsers are made of the same class (``add_subparsers`` uses the parent's type).
+    """
+
+    def error(self, message: str):
+        print(f"winnow: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="winnow",
+    p = _Parser(prog="winnow",
                                 description="Curate image-text datasets: filter, dedup, balance, recaption.")
     sub = p.add_subparsers(dest="command", required=True)
 

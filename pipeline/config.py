@@ -120,17 +120,27 @@ def _expect(data: dict, key: str, typ: type, source: str) -> None:
         raise WinnowError(f"{source}: '{key}' must be {typ.__name__}, got {type(data[key]).__name__}")
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs; values are YAML scalars (``3``, ``0.5``, ``true``, ``[en, fr]``)."""
+def parse_set(items: list[str], params: tuple = ()) -> dict[str, Any]:
+    """``--set key=value`` pairs, read against the stage's ``Param``s.
+
+    A ``str`` parameter takes the text after the first ``=`` exactly as given: a prompt template
+    (``{caption}``) or a value with a colon (``Describe: the image``) is YAML for a mapping, not text.
+    Every other value is a YAML scalar (``3``, ``0.5``, ``true``, ``[en, fr]``).
+    """
+    text_keys = {p.name for p in params if p.type is str}
     out = {}
     for item in items:
         if "=" not in item:
             raise WinnowError(f"--set {item}: expected key=value")
         key, value = item.split("=", 1)
+        key = key.strip()
+        if key in text_keys or value == "":
+            out[key] = value
+            continue
         try:
-            out[key.strip()] = yaml.safe_load(value) if value != "" else ""
+            out[key] = yaml.safe_load(value)
         except yaml.YAMLError:
-            out[key.strip()] = value
+            out[key] = value
     return out
 
 

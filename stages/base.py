@@ -38,18 +38,46 @@ class Resources:
     gpus: float | None = 0.0
 
 
+INT64 = (-(2**63), 2**63 - 1)  # ints travel as Arrow int64 and C ssize_t: a bigger one is a user mistake
+
+
 @dataclass(frozen=True)
 class Param:
-    """One user-settable parameter: shown by ``winnow stages`` and validated before anything runs."""
+    """One user-settable parameter: shown by ``winnow stages`` and validated before anything runs.
+
+    ``min``/``max`` bound a number (inclusive); ``open_min``/``open_max`` exclude the bound itself
+    (a temperature or a ratio must be > 0). ``None`` is always allowed where the default is ``None``.
+    """
 
     name: str
     type: type  # one of int, float, bool, str, list, dict
     default: Any
     help: str
     choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    open_min: bool = False
+    open_max: bool = False
+
+    def range_text(self) -> str:
+        """The allowed range as a user reads it: '>= 0', '> 0', 'in [0, 1]', 'in (0, 2)'; '' when unbounded."""
+        lo, hi = (None if b is None else f"{b:g}" if isinstance(b, float) else str(b) for b in (self.min, self.max))
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.open_min else '['}{lo}, {hi}{')' if self.open_max else ']'}"
+        if lo is not None:
+            return f"{'>' if self.open_min else '>='} {lo}"
+        if hi is not None:
+            return f"{'<' if self.open_max else '<='} {hi}"
+        return ""
+
+    def in_range(self, value: float) -> bool:
+        # written so that NaN is out of every declared range
+        lo_ok = self.min is None or (value > self.min if self.open_min else value >= self.min)
+        hi_ok = self.max is None or (value < self.max if self.open_max else value <= self.max)
+        return bool(lo_ok and hi_ok)
 
     def coerce(self, value: Any, where: str) -> Any:
-        """Return ``value`` checked against this parameter's type, or raise a one-line WinnowError."""
+        """Return ``value`` checked against this parameter's type and range, or raise a one-line WinnowError."""
         if value is None and self.default is None:
             return None
         t = self.type
@@ -62,8 +90,16 @@ class Param:
             raise WinnowError(
                 f"{where}: parameter '{self.name}' must be {t.__name__}, got {type(value).__name__} {value!r}"
             )
+        if t is int and not INT64[0] <= value <= INT64[1]:
+            raise WinnowError(f"{where}: parameter '{self.name}' must fit in 64 bits "
+                              f"({INT64[0]}..{INT64[1]}), got {value}")
         if t is float:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int beyond any float
+                raise WinnowError(f"{where}: parameter '{self.name}' is too large for a float, got {value}") from None
+        if t in (int, float) and not self.in_range(value):
+            raise WinnowError(f"{where}: parameter '{self.name}' must be {self.range_text()}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise WinnowError(f"{where}: parameter '{self.name}' must be one of {list(self.choices)}, got {value!r}")
         return value

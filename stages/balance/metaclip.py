@@ -46,16 +46,18 @@ class MetaCLIPBalance(GlobalStage):
         Param("version", str, "v1", "reference matching semantics: v1 (MetaCLIP) or v2 (MetaCLIP 2: strip, "
               "no padding beside CJK-like/punctuation ends)", choices=("v1", "v2")),
         Param("t", float, None, f"head/tail threshold t (p_e = min(1, t/count_e)); default {DEFAULT_T:g} "
-              "unless target_fraction or target_rows is given"),
-        Param("target_fraction", float, None, "solve t so the expected kept rows are this fraction of rows in"),
-        Param("target_rows", int, None, "solve t so the expected kept rows are this many"),
+              "unless target_fraction or target_rows is given", min=0.0, open_min=True),
+        Param("target_fraction", float, None, "solve t so the expected kept rows are this fraction of rows in",
+              min=0.0, max=1.0, open_min=True),
+        Param("target_rows", int, None, "solve t so the expected kept rows are this many", min=1),
         Param("text_column", str, "caption", "column matched against the metadata"),
         Param("lang_metadata", dict, {}, "MetaCLIP 2 per-language metadata {lang: path}; rows whose lang_column "
               "has no entry here use 'metadata' (group 'other')"),
         Param("lang_column", str, "lang", "language code column used with lang_metadata"),
         Param("reference_lang", str, "en", "with lang_metadata: the language t applies to; every other language "
               "gets the threshold with the same tail share of matches (MetaCLIP 2's t_to_p / p_to_t)"),
-        Param("sample_rows", int, 100_000, "rows sampled by uid hash to solve t for a target (exact below this)"),
+        Param("sample_rows", int, 100_000, "rows sampled by uid hash to solve t for a target (exact below this)",
+              min=1),
     )
     resources = Resources(cpus=1)
     batch_size = 16384
@@ -66,14 +68,6 @@ class MetaCLIPBalance(GlobalStage):
         given = [k for k in ("t", "target_fraction", "target_rows") if self.config[k] is not None]
         if len(given) > 1:
             raise WinnowError(f"{where}: give only one of t, target_fraction, target_rows (got {', '.join(given)})")
-        if self.t is not None and self.t <= 0:
-            raise WinnowError(f"{where}: parameter 't' must be > 0, got {self.t}")
-        if self.target_fraction is not None and not 0 < self.target_fraction <= 1:
-            raise WinnowError(f"{where}: parameter 'target_fraction' must be in (0, 1], got {self.target_fraction}")
-        if self.target_rows is not None and self.target_rows < 1:
-            raise WinnowError(f"{where}: parameter 'target_rows' must be >= 1, got {self.target_rows}")
-        if self.sample_rows < 1:
-            raise WinnowError(f"{where}: parameter 'sample_rows' must be >= 1")
         bad = [k for k, v in self.lang_metadata.items() if not isinstance(v, str) or not v]
         if bad:
             raise WinnowError(f"{where}: lang_metadata['{bad[0]}'] must be a path to a JSON list of entries")

@@ -89,6 +89,7 @@ class HFCaptioner:
             self.tokenizer.padding_side = self.padding
         self.chat_template = getattr(self.processor, "chat_template", None) or getattr(
             self.tokenizer, "chat_template", None)
+        self.position_limit = learned_position_limit(self.model, self.config) if self.tokenizer is not None else None
         self.revision_id = resolve_revision(self.model_id, self.revision)
 
     def load_model(self, kw: dict) -> None:
@@ -117,6 +118,22 @@ class HFCaptioner:
             return [len(t) for t in texts]
         return [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
 
+    def prompt_positions(self, texts: list[str]) -> list[int]:
+        """Decoder positions each prompt fills before the first new token (BLIP drops its trailing [SEP])."""
+        drop = 1 if self.model_type == "blip" else 0
+        return [n - drop for n in self.text_lengths(texts)]
+
+    def too_long(self, texts: list[str]) -> list[str | None]:
+        """Why a prompt cannot be generated from: it needs more positions than the model has embeddings for.
+
+        Past the table, the embedding lookup fails mid-generate with "IndexError: index out of range in self".
+        """
+        limit = self.position_limit
+        if limit is None:
+            return [None] * len(texts)
+        return [f"prompt too long for the model ({n} tokens; it takes {limit} positions)" if n > limit else None
+                for n in self.prompt_positions(texts)]
+
     def chunks(self, texts: list[str], batch_size: int) -> list[list[int]]:
         """Row indices per generate call: sorted by prompt length (less padding), bucketed if required."""
         lengths = self.text_lengths(texts)
@@ -142,8 +159,11 @@ class HFCaptioner:
         inputs = {k: v for k, v in inputs.items() if k != "token_type_ids" or k in self.forward_args}
         inputs = {k: (v.to(self.device, self.dtype) if torch.is_floating_point(v) else v.to(self.device))
                   if torch.is_tensor(v) else v for k, v in inputs.items()}
+        max_new = gen.max_new_tokens
+        if self.position_limit is not None:  # stop at the last position rather than index past it
+            max_new = max(1, min(max_new, self.position_limit + 1 - max(self.prompt_positions(texts), default=0)))
         config = copy.deepcopy(self.model.generation_config)
-        config.update(max_new_tokens=gen.max_new_tokens, do_sample=False, num_beams=1, num_return_sequences=1,
+        config.update(max_new_tokens=max_new, do_sample=False, num_beams=1, num_return_sequences=1,
                       temperature=None, top_k=None, top_p=None, repetition_penalty=gen.repetition_penalty)
         processors = LogitsProcessorList()
         if gen.do_sample:  # warp, then noise: argmax of noised scores is a sample (see SeededGumbel)
@@ -179,6 +199,24 @@ class HFCaptioner:
                 "auto_class": type(self.model).__name__, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "padding": self.padding,
                 "transformers": transformers.__version__}
+
+
+def learned_position_limit(model, config) -> int | None:
+    """How many positions the text model has learned embeddings for; None when it has no such table.
+
+    BLIP's text decoder (and BART-style decoders) look positions up in an ``nn.Embedding`` sized by
+    ``max_position_embeddings``; rotary models (Qwen2-VL, LLaVA's Llama) have none and no hard limit.
+    The vision tower's own position table is not the text's. A model whose language input has more than
+    the prompt's tokens (BLIP-2's query tokens) is counted from the prompt only.
+    """
+    import torch
+
+    limit = getattr(config.get_text_config(decoder=True), "max_position_embeddings", None)
+    if model is None or not isinstance(limit, int):
+        return None
+    learned = any(isinstance(module, torch.nn.Embedding) and "position" in name.rsplit(".", 1)[-1]
+                  and not re.search(r"vision|visual", name) for name, module in model.named_modules())
+    return limit if learned else None
 
 
 def pick_auto_class(config):

@@ -30,7 +30,8 @@ class CaptionMix(MapStage):
     name = "caption_mix"
     help = "caption_train = alt-text or synthetic caption, mixed at a ratio, deterministic per (seed, uid)"
     params = (
-        Param("synthetic_ratio", float, 0.5, "probability that a row trains on its synthetic caption"),
+        Param("synthetic_ratio", float, 0.5, "probability that a row trains on its synthetic caption",
+              min=0.0, max=1.0),
         Param("alt_column", str, "caption", "alt-text column"),
         Param("synthetic_column", str, "caption_synthetic", "synthetic caption column (string or list of strings)"),
         Param("output_column", str, "caption_train", "column to write; its source goes to caption_source"),
@@ -41,11 +42,6 @@ class CaptionMix(MapStage):
     batch_size = 8192
 
     def validate(self):
-        from winnow.stages.errors import WinnowError
-
-        if not 0.0 <= self.synthetic_ratio <= 1.0:
-            raise WinnowError(f"stage '{self.instance_name}' (caption_mix): parameter 'synthetic_ratio' must be in "
-                              f"[0, 1], got {self.synthetic_ratio}")
         self.requires = ("uid", self.alt_column, self.synthetic_column)
 
     def produces(self):

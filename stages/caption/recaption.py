@@ -36,17 +36,19 @@ class Recaption(MapStage):
         Param("revision", str, "", "hub revision (commit / tag) to pin; recorded either way"),
         Param("prompt", str, "", "prompt template; {column} inserts a column, e.g. 'Alt-text: {caption}. "
                                  "Describe the image.' ('' = no text: unconditional captioning)"),
-        Param("max_field_chars", int, 500, "inserted column values are cut to this many characters"),
-        Param("max_new_tokens", int, 64, "generated tokens per caption at most"),
+        Param("max_field_chars", int, 500, "inserted column values are cut to this many characters", min=1),
+        Param("max_new_tokens", int, 64, "generated tokens per caption at most", min=1),
         Param("do_sample", bool, False, "sample (seeded per row) instead of greedy decoding"),
-        Param("temperature", float, 1.0, "sampling temperature"),
-        Param("top_k", int, 0, "sampling: keep the k most likely tokens (0 = off)"),
-        Param("top_p", float, 1.0, "sampling: nucleus probability mass (1.0 = off)"),
-        Param("repetition_penalty", float, 1.0, "penalty on repeated tokens (1.0 = off)"),
-        Param("num_captions", int, 1, "captions per image; > 1 needs do_sample and makes a list column"),
+        Param("temperature", float, 1.0, "sampling temperature", min=0.0, open_min=True),
+        Param("top_k", int, 0, "sampling: keep the k most likely tokens (0 = off)", min=0),
+        Param("top_p", float, 1.0, "sampling: nucleus probability mass (1.0 = off)",
+              min=0.0, max=1.0, open_min=True),
+        Param("repetition_penalty", float, 1.0, "penalty on repeated tokens (1.0 = off)", min=0.0, open_min=True),
+        Param("num_captions", int, 1, "captions per image; > 1 needs do_sample and makes a list column",
+              min=1),
         Param("sample_seed", int, None, "sampling seed (default: the pipeline seed); row seeds = (seed, uid, k)"),
         Param("where", str, "", "recaption only rows matching this predicate, e.g. 'clip_score < 0.25'"),
-        Param("gen_batch_size", int, 16, "images per generate call"),
+        Param("gen_batch_size", int, 16, "images per generate call", min=1),
         Param("backend", str, "transformers", "generation engine", ("transformers", "vllm")),
         Param("device", str, "auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N"),
         Param("dtype", str, "auto", "auto (bf16/fp16 on GPU, fp32 on CPU)",
@@ -54,8 +56,8 @@ class Recaption(MapStage):
         Param("padding", str, "auto", "batching: auto, left (decoder-only), right (encoder-decoder), bucket "
                                       "(equal prompt lengths only)", ("auto", "left", "right", "bucket")),
         Param("trust_remote_code", bool, False, "allow model code from the hub (only for models you trust)"),
-        Param("gpus", float, 1.0, "GPUs per worker (Ray actor pool); 0 for CPU-only workers"),
-        Param("cpus", float, 1.0, "CPUs per worker"),
+        Param("gpus", float, 1.0, "GPUs per worker (Ray actor pool); 0 for CPU-only workers", min=0.0),
+        Param("cpus", float, 1.0, "CPUs per worker", min=0.0, open_min=True),
     )
     requires = ("uid", "image")
     resources = Resources(cpus=1, gpus=1)  # per instance: the cpus / gpus parameters
@@ -66,14 +68,6 @@ class Recaption(MapStage):
         where = f"stage '{self.instance_name}' (recaption)"
         if not self.model:
             raise WinnowError(f"{where}: parameter 'model' is required (a hub id or a local directory)")
-        checks = [("max_new_tokens", self.max_new_tokens >= 1), ("num_captions", self.num_captions >= 1),
-                  ("gen_batch_size", self.gen_batch_size >= 1), ("temperature", self.temperature > 0),
-                  ("top_k", self.top_k >= 0), ("top_p", 0 < self.top_p <= 1),
-                  ("repetition_penalty", self.repetition_penalty > 0), ("max_field_chars", self.max_field_chars > 0),
-                  ("gpus", self.gpus >= 0), ("cpus", self.cpus > 0)]
-        for name, ok in checks:
-            if not ok:
-                raise WinnowError(f"{where}: parameter '{name}' is out of range: {self.config[name]!r}")
         if self.num_captions > 1 and not self.do_sample:
             raise WinnowError(f"{where}: num_captions > 1 needs do_sample: true (greedy captions are identical)")
         self.fields = _template_fields(self.prompt, where)
@@ -163,6 +157,11 @@ class Recaption(MapStage):
         texts = [self.engine.render(prompts[i]) for i, _ in seqs]
         out: dict[int, list] = {i: [None] * k_n for i in todo}
         seeds = [row_seed(self.gen_seed, str(uids[i]), k) for i, k in seqs]
+        skip = set()
+        for j, why in enumerate(self.engine.too_long(texts)):  # found before generating, named for what it is
+            if why:
+                errors[seqs[j][0]] = f"generation_failed: {why}"
+                skip.add(j)
 
         def run(part: list[int]) -> str | None:
             """Generate ``part``; returns the error text instead of raising (WinnowError = per-run: raised)."""
@@ -179,14 +178,16 @@ class Recaption(MapStage):
             return None
 
         for chunk in self.engine.chunks(texts, self.gen_batch_size):
-            if run(chunk) is None:
+            chunk = [j for j in chunk if j not in skip]
+            if not chunk or run(chunk) is None:
                 continue
             for j in chunk:  # one bad input must not cost the others their captions
                 failed = run([j])
                 if failed:
                     errors[seqs[j][0]] = failed
         if todo and all(errors.get(i) for i in todo) and len(todo) > 1:
-            raise WinnowError(f"recaption: generation failed for every row ({errors[todo[0]]}); check the model")
+            raise WinnowError(f"recaption: generation failed for every row ({errors[todo[0]]}); check the model "
+                              "and the prompt")
         return {i: caps for i, caps in out.items() if errors.get(i) is None and None not in caps}
 
 

@@ -31,11 +31,13 @@ class Decontaminate(MapStage):
     params = (
         Param("eval_images", str, "", "evaluation images: a folder of image files, or Parquet (file, directory or "
                                       "glob) with an 'image' column (and optionally 'uid' and embeddings)"),
-        Param("radius", int, 6, "pHash Hamming radius of a match (-1 = do not compare pHashes)"),
-        Param("min_similarity", float, 0.0, "embedding cosine similarity of a match (0 = do not compare embeddings)"),
+        Param("radius", int, 6, "pHash Hamming radius of a match (-1 = do not compare pHashes)",
+              min=-1, max=20),
+        Param("min_similarity", float, 0.0, "embedding cosine similarity of a match (0 = do not compare embeddings)",
+              min=0.0, max=1.0),
         Param("eval_embedding_field", str, "", "embedding column of the eval Parquet (for min_similarity)"),
         *SOURCE_PARAMS,
-        Param("threads", int, 1, "decode threads per worker"),
+        Param("threads", int, 1, "decode threads per worker", min=1),
     )
     resources = Resources(cpus=1)
     batch_size = 1024
@@ -47,8 +49,6 @@ class Decontaminate(MapStage):
             raise WinnowError(f"{where}: parameter 'eval_images' is required (a folder of images or Parquet)")
         if self.radius < 0 and self.min_similarity <= 0:
             raise WinnowError(f"{where}: nothing to compare: set radius >= 0 and/or min_similarity > 0")
-        if self.radius > 20:
-            raise WinnowError(f"{where}: parameter 'radius' must be at most 20, got {self.radius}")
         if self.min_similarity > 0:
             if not self.eval_embedding_field:
                 raise WinnowError(f"{where}: min_similarity needs 'eval_embedding_field' (embeddings of the eval set)")

@@ -23,7 +23,6 @@ from winnow.stages.dedup.survivors import (
     prefer_columns,
     survivor_order,
 )
-from winnow.stages.errors import WinnowError
 
 
 class PerceptualDedup(GroupStage):
@@ -32,17 +31,15 @@ class PerceptualDedup(GroupStage):
     requires = ("image",)
     params = (
         Param("radius", int, 6, "maximum Hamming distance (bits of 64) between near-duplicates; pHash distances "
-                                "are even, so 6 and 7 behave alike"),
+                                "are even, so 6 and 7 behave alike", min=0, max=20),
         Param("prefer", str, "uid", PREFER_HELP),
-        Param("threads", int, 1, "decode threads per worker (PIL releases the GIL)"),
+        Param("threads", int, 1, "decode threads per worker (PIL releases the GIL)", min=1),
     )
     resources = Resources(cpus=1)
     batch_size = 1024
 
     def validate(self):
         check_prefer(self.prefer, f"stage '{self.instance_name}'")
-        if not 0 <= self.radius <= 20:
-            raise WinnowError(f"stage '{self.instance_name}': parameter 'radius' must be in 0..20, got {self.radius}")
 
     def _bands(self) -> list[str]:
         return [f"phash_band{b}" for b in range(self.radius + 1)]

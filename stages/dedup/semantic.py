@@ -40,9 +40,10 @@ class SemDedupKMeans(GlobalStage):
     name = "semdedup_kmeans"
     help = "SemDeDup step 1: spherical k-means (faiss) on a deterministic sample, then nearest-centroid assignment"
     params = SOURCE_PARAMS + (
-        Param("n_clusters", int, 1000, "number of k-means clusters (capped at the sample size)"),
-        Param("sample_size", int, 100_000, "rows used to train k-means: those with the smallest hash of (seed, uid)"),
-        Param("niter", int, 20, "k-means iterations"),
+        Param("n_clusters", int, 1000, "number of k-means clusters (capped at the sample size)", min=1),
+        Param("sample_size", int, 100_000, "rows used to train k-means: those with the smallest hash of (seed, uid)",
+              min=1),
+        Param("niter", int, 20, "k-means iterations", min=1),
     )
     resources = Resources(cpus=1)
     stateful = True
@@ -50,8 +51,6 @@ class SemDedupKMeans(GlobalStage):
     def validate(self):
         where = f"stage '{self.instance_name}'"
         self._source = EmbeddingSource(self.embedding_column, self.embeddings, self.embedding_field, where)
-        if self.n_clusters < 1 or self.sample_size < 1 or self.niter < 1:
-            raise WinnowError(f"{where}: n_clusters, sample_size and niter must be >= 1")
         self._centroids = None
 
     def setup(self):
@@ -131,7 +130,8 @@ class SemDedup(GroupStage):
     help = "SemDeDup step 2: within each k-means cluster, reject rows with cosine similarity > 1 - eps to a better row"
     key_column = CLUSTER
     params = (
-        Param("eps", float, 0.05, "duplicates have cosine similarity > 1 - eps"),
+        Param("eps", float, 0.05, "duplicates have cosine similarity > 1 - eps",
+              min=0.0, max=2.0, open_min=True, open_max=True),
         Param("prefer", str, "farthest", "survivor: 'farthest' from the centroid (paper's default), 'closest', "
                                          "'uid', or 'max:COLUMN' / 'min:COLUMN' (e.g. max:clip_score)"),
     )
@@ -139,8 +139,6 @@ class SemDedup(GroupStage):
 
     def validate(self):
         check_prefer(self.prefer, f"stage '{self.instance_name}'", ("farthest", "closest"))
-        if not 0 < self.eps < 2:
-            raise WinnowError(f"stage '{self.instance_name}': parameter 'eps' must be in (0, 2), got {self.eps}")
 
     def produces(self):
         return {DUP_OF: pa.string()}

@@ -43,18 +43,21 @@ class Download(MapStage):
     params = (
         Param("resize_mode", str, "no", "'no' keeps the original bytes; otherwise img2dataset's resize mode",
               choices=RESIZE_MODES),
-        Param("image_size", int, 256, "target size when resize_mode is not 'no'"),
+        Param("image_size", int, 256, "target size when resize_mode is not 'no'", min=1),
         Param("encode_format", str, "jpg", "encoding of resized images", choices=("jpg", "png", "webp")),
-        Param("min_image_size", int, 0, "reject images whose shorter side is smaller (too_small)"),
-        Param("max_bytes", int, 20_000_000, "reject bodies larger than this many bytes (too_large; 0 = no cap)"),
+        Param("min_image_size", int, 0, "reject images whose shorter side is smaller (too_small)", min=0),
+        Param("max_bytes", int, 20_000_000, "reject bodies larger than this many bytes (too_large; 0 = no cap)",
+              min=0),
         Param("max_pixels", int, 178_956_970, "reject images with more pixels, read from the header before "
-              "decoding (too_many_pixels: decompression-bomb guard; 0 = no cap)"),
-        Param("timeout", float, 10.0, "seconds to connect and for each socket read"),
-        Param("deadline", float, 30.0, "hard limit in seconds per connection, connect to last byte"),
-        Param("retries", int, 0, "extra attempts per URL after a failure (img2dataset retries)"),
-        Param("max_redirects", int, 10, "redirects followed per URL"),
-        Param("processes", int, 0, "download worker processes (0 = auto: CPUs up to 8, 1 inside a Ray worker)"),
-        Param("threads", int, 64, "download threads per worker process"),
+              "decoding (too_many_pixels: decompression-bomb guard; 0 = no cap)", min=0),
+        Param("timeout", float, 10.0, "seconds to connect and for each socket read", min=0.0, open_min=True),
+        Param("deadline", float, 30.0, "hard limit in seconds per connection, connect to last byte",
+              min=0.0, open_min=True),
+        Param("retries", int, 0, "extra attempts per URL after a failure (img2dataset retries)", min=0),
+        Param("max_redirects", int, 10, "redirects followed per URL", min=0),
+        Param("processes", int, 0, "download worker processes (0 = auto: CPUs up to 8, 1 inside a Ray worker)",
+              min=0),
+        Param("threads", int, 64, "download threads per worker process", min=1),
         Param("user_agent_token", str, "img2dataset", "token in the User-Agent and matched by "
               "'X-Robots-Tag: <token>: noai' (img2dataset's, so opt-outs aimed at it apply)"),
         Param("respect_robots", bool, True, "reject images whose X-Robots-Tag has one of robots_directives"),
@@ -70,13 +73,6 @@ class Download(MapStage):
     stateful = True  # setup() starts the worker pool once per worker
 
     def validate(self):
-        for name in ("timeout", "deadline"):
-            if self.config[name] <= 0:
-                raise WinnowError(f"stage '{self.instance_name}': parameter '{name}' must be > 0")
-        for name, low in (("threads", 1), ("processes", 0), ("retries", 0), ("max_bytes", 0), ("max_pixels", 0),
-                          ("min_image_size", 0), ("max_redirects", 0), ("image_size", 1)):
-            if self.config[name] < low:
-                raise WinnowError(f"stage '{self.instance_name}': parameter '{name}' must be >= {low}")
         if self.retry_failed and not self.previous:
             raise WinnowError(f"stage '{self.instance_name}': retry_failed needs 'previous' (the earlier run dir)")
 

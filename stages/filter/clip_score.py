@@ -45,9 +45,10 @@ def _params(model: str, keep_top: float) -> tuple[Param, ...]:
     return (
         Param("model", str, model, "model spec: open_clip:ARCH/TAG, open_clip:hf-hub:ORG/REPO or open_clip:ARCH@CKPT"),
         Param("column", str, "", "score column (default: stage name, + '_score' unless it ends so)"),
-        Param("min_score", float, None, "reject rows whose score is below this (null = off)"),
+        Param("min_score", float, None, "reject rows whose score is below this (null = off)",
+              min=-1.0, max=1.0),
         Param("keep_top", float, keep_top, "keep this fraction of the run's scored rows, by a global threshold "
-                                           "(0 = off)"),
+                                           "(0 = off)", min=0.0, max=1.0),
         Param("extra_models", dict, {}, "more scorers from the same decoded images: {column: model spec}; "
                                         "scores only, no filtering"),
         Param("embeddings_dir", str, "", "write float16 image/text embeddings keyed by uid here "
@@ -55,13 +56,15 @@ def _params(model: str, keep_top: float) -> tuple[Param, ...]:
         Param("device", str, "auto", "auto (cuda when available), cpu, cuda or cuda:N"),
         Param("precision", str, "auto", "encoder precision (auto: fp16 on GPU, fp32 on CPU)",
               ("auto", "fp32", "fp16", "bf16")),
-        Param("model_batch", int, 0, "images per forward pass (0: 256 on GPU, 64 on CPU); halved on GPU OOM"),
-        Param("gpus", float, None, "GPUs per worker for the Ray runner (null: 1 when the cluster has GPUs, else 0)"),
-        Param("cpus", float, 2.0, "CPU cores per worker (image decode threads)"),
+        Param("model_batch", int, 0, "images per forward pass (0: 256 on GPU, 64 on CPU); halved on GPU OOM",
+              min=0),
+        Param("gpus", float, None, "GPUs per worker for the Ray runner (null: 1 when the cluster has GPUs, else 0)",
+              min=0.0),
+        Param("cpus", float, 2.0, "CPU cores per worker (image decode threads)", min=0.0, open_min=True),
         Param("draft", bool, True, "JPEG draft-mode (DCT-domain) downscale before resizing on CPU"),
         Param("gpu_decode", bool, True, "decode JPEGs with nvJPEG on the GPU"),
         Param("exif_transpose", bool, True, "rotate images upright by their EXIF orientation first"),
-        Param("max_pixels", int, 178_956_970, "reject larger images as decode:too_large"),
+        Param("max_pixels", int, 178_956_970, "reject larger images as decode:too_large", min=0),
     )
 
 
@@ -92,10 +95,6 @@ class ClipScore(GlobalStage):
             if not isinstance(spec, str) or not col:
                 raise WinnowError(f"{where}: extra_models must map column names to model spec strings")
             models.parse_spec(spec, where=f"{where} parameter '{'model' if col == self.score_column else col}'")
-        if not 0.0 <= self.keep_top <= 1.0:
-            raise WinnowError(f"{where}: parameter 'keep_top' must be in [0, 1], got {self.keep_top}")
-        if self.min_score is not None and not -1.0 <= self.min_score <= 1.0:
-            raise WinnowError(f"{where}: parameter 'min_score' must be in [-1, 1], got {self.min_score}")
         if not _DEVICE.match(self.device):
             raise WinnowError(f"{where}: parameter 'device' must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         # gpus=None is resolved by the runner against the cluster; the device is picked in setup()

@@ -1,6 +1,7 @@
 """The `winnow` CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -76,6 +77,56 @@ def test_user_mistakes_are_one_line_errors(sample_dir, tmp_path):
                           "needs column 'caption'")
     assert_one_line_error(winnow("stage", "basic_filter", "--input", tmp_path / "missing", "--output",
                                  tmp_path / "f"), "no such file")
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(60)
+def test_out_of_range_parameters_are_one_line_errors(sample_dir, tmp_path):
+    shard = sample_dir / "shard-00000.parquet"
+    for i, (setting, needles) in enumerate([
+        ("min_words=1000000000000000000000000000000", ["'min_words'", "64 bits"]),  # was an OverflowError
+        ("max_aspect_ratio=-1", ["'max_aspect_ratio'", "must be >= 0", "got -1"]),
+        ("max_chars=-5", ["'max_chars'", "must be >= 0", "got -5"]),
+    ]):
+        proc = winnow("stage", "basic_filter", "--input", shard, "--output", tmp_path / str(i), "--set", setting)
+        assert_one_line_error(proc, "stage 'basic_filter' (basic_filter)", *needles)
+        assert not (tmp_path / str(i) / "manifest").exists()
+    listing = winnow("stages", check=True).stdout
+    assert "--set max_chars=<int>  default 0, >= 0:" in listing
+    assert "--set eps=<float>  default 0.05, in (0, 2):" in listing
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(60)
+def test_set_of_a_string_parameter_takes_the_text_as_given(sample_dir, tmp_path):
+    from winnow.stages.filter.basic import _default_lid_path
+
+    # "lid: models" makes the path a YAML mapping: it used to be refused as "'lid_model' must be str, got dict"
+    lid = tmp_path / "lid: models" / "lid.176.ftz"
+    lid.parent.mkdir()
+    shutil.copyfile(_default_lid_path(), lid)
+    out = tmp_path / "o"
+    winnow("stage", "basic_filter", "--input", sample_dir / "shard-00000.parquet", "--output", out, "--quiet",
+           "--set", f"lid_model={lid}", "--set", "languages=[en, fr]", "--set", "min_words=2", check=True)
+    meta = json.loads((out / "pipeline.json").read_text())
+    stage_cfg = meta["config"]["stages"][0]
+    assert stage_cfg["lid_model"] == str(lid)
+    assert stage_cfg["languages"] == ["en", "fr"] and stage_cfg["min_words"] == 2  # other types are still YAML
+    assert meta["models"]["basic_filter"]["lid_model"] == str(lid)  # the model really loaded from there
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(60)
+def test_bad_flags_are_one_line_errors_and_help_still_works(tmp_path):
+    base = ("stage", "basic_filter", "--input", tmp_path / "in", "--output", tmp_path / "o")
+    assert_one_line_error(winnow(*base, "--seed", "abc"), "argument --seed: invalid int value: 'abc'",
+                          "winnow stage --help")
+    assert_one_line_error(winnow(*base, "--bogus"), "unrecognized arguments: --bogus")
+    assert_one_line_error(winnow("run", "p.yaml", "--runner", "nope"), "argument --runner: invalid choice: 'nope'")
+    assert_one_line_error(winnow(), "required: command")
+    helped = winnow("stage", "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: winnow stage") and "--seed" in helped.stdout
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.torture

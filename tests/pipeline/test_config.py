@@ -128,3 +128,20 @@ def test_cli_subprocess_prints_one_line_and_exits_2(tmp_path, good):
     assert proc.stderr.strip().splitlines() == [
         f"winnow: error: {path}: stage 'basic_filter' (basic_filter): parameter 'max_aspect_ratio' must be float, "
         f"got str 'wide'"]
+
+
+@pytest.mark.torture
+@pytest.mark.timeout(30)
+def test_set_gives_a_string_parameter_its_text_and_parses_the_rest_as_yaml():
+    from winnow.pipeline.config import parse_set
+    from winnow.stages.caption.recaption import Recaption
+
+    items = ["prompt={caption}", "where=clip_score < 0.25", "revision=a=b: c", "max_new_tokens=3", "top_p=0.5",
+             "do_sample=true", "model="]
+    got = parse_set(items, Recaption.params)
+    assert got == {"prompt": "{caption}", "where": "clip_score < 0.25", "revision": "a=b: c", "max_new_tokens": 3,
+                   "top_p": 0.5, "do_sample": True, "model": ""}
+    stage = Recaption(**{**got, "model": "m", "prompt": "Describe: the image, alt-text {caption}"})
+    assert list(stage.fields) == ["caption"]  # the template's field, not a YAML mapping
+    assert parse_set(["prompt=Describe: the image"], Recaption.params)["prompt"] == "Describe: the image"
+    assert parse_set(["languages=[en, fr]"], ())["languages"] == ["en", "fr"]

@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
+import time
 
 from winnow.stages.errors import WinnowError
 
 _REMOTE: dict = {}
+CONNECT_TIMEOUT_ENV = "WINNOW_RAY_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 30.0  # seconds; a head node that is still starting gets this long
+# An HTTP/2 client preface and an empty SETTINGS frame: any gRPC server (Ray's GCS, the Ray Client
+# server) answers with a SETTINGS frame; Ray's dashboard (HTTP/1.1, the port `winnow submit` takes) does not.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_H2_SETTINGS = 0x04
 
 
 def connect(address: str | None, min_cpus: float = 0) -> bool:
@@ -23,6 +31,8 @@ def connect(address: str | None, min_cpus: float = 0) -> bool:
         _quiet_data()
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from an embedded cluster
+    if address:
+        check_reachable(address, connect_timeout())
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
@@ -35,6 +45,92 @@ def connect(address: str | None, min_cpus: float = 0) -> bool:
         raise WinnowError(f"cannot start or reach Ray ({where}): {_first_line(exc)}") from None
     _quiet_data()
     return True
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for a Ray address to answer: $WINNOW_RAY_CONNECT_TIMEOUT, default 30."""
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise WinnowError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: must be a number of seconds > 0")
+    return value
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Fail within ``timeout`` seconds, in one line, when nothing Ray-like answers at ``address``.
+
+    ray.init(address=...) retries the GCS 20 times at ~30 s each when nothing answers, printing
+    "Failed to connect to GCS" all along: over ten minutes for a typo. So first connect ourselves,
+    retrying a refused connection until the deadline (a head node may be starting), and check the
+    endpoint answers as a gRPC server does. What ray.init does past that point is Ray's own.
+    """
+    host, port = _endpoint(address)
+    if host is None:
+        return  # another client scheme: Ray's own code decides what it means
+    deadline = time.monotonic() + timeout
+    why = "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 0.1)) as sock:
+                if _is_tls() or _answers_grpc(sock, max(deadline - time.monotonic(), 1.0)):
+                    return
+            raise WinnowError(f"cannot reach Ray at {address}: {host}:{port} accepts connections but does not speak "
+                              "gRPC as Ray's GCS and Ray Client do (the dashboard port is for `winnow submit`)")
+        except socket.gaierror:
+            raise WinnowError(f"cannot reach Ray at {address}: unknown host {host!r}") from None
+        except TimeoutError:
+            why = "no answer"
+        except OSError as exc:
+            why = (exc.strerror or type(exc).__name__).lower()
+        if time.monotonic() + 0.25 >= deadline:
+            raise WinnowError(f"cannot reach Ray at {address}: {why} at {host}:{port} for {timeout:g} s "
+                              f"(${CONNECT_TIMEOUT_ENV} sets how long to wait)")
+        time.sleep(0.25)
+
+
+def _endpoint(address: str) -> tuple[str | None, int]:
+    """(host, port) that ``ray.init(address)`` dials; (None, 0) for what only Ray can interpret."""
+    if address == "auto":  # as ray.init resolves it: $RAY_ADDRESS, else the cluster `ray start` recorded
+        address = os.environ.get("RAY_ADDRESS") or _recorded_cluster()
+    hostport = address[len("ray://"):].split("/")[0] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if "://" in hostport or not sep or not port.isdigit():
+        return None, 0  # another client scheme, or no port: left to ray.init
+    return host.strip("[]"), int(port)
+
+
+def _recorded_cluster() -> str:
+    from ray._private import services
+
+    try:
+        return services.canonicalize_bootstrap_address_or_die("auto")
+    except (ConnectionError, ValueError) as exc:  # none running, or several to choose from
+        raise WinnowError(f"cannot reach Ray at auto: {_first_line(exc)}") from None
+
+
+def _is_tls() -> bool:
+    """With RAY_USE_TLS the first bytes are a TLS handshake; reaching the port is all we check."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+
+
+def _answers_grpc(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:  # silent or closed: not a gRPC server either
+        return False
+    return head[3] == _H2_SETTINGS
 
 
 def _quiet_data() -> None:

@@ -117,6 +117,28 @@ def test_bad_images_and_empty_prompts_are_errors_not_rejections(models, pool):
     assert all(isinstance(c, str) for c in plain["caption_synthetic"].to_pylist()[4:])
 
 
+@pytest.mark.torture
+@pytest.mark.timeout(120)
+def test_a_prompt_longer_than_the_position_table_is_named_per_row(models, pool):
+    """The tiny BLIP's text decoder has 64 learned positions; "red" is one token, BLIP adds [CLS] first.
+
+    Before: the row failed with "generation_failed: IndexError: index out of range in self".
+    """
+    table = pool.slice(0, 4)
+    words = [3, 63, 64, 600]  # fits; fills all 64 positions; one too many; far too many
+    captions = pa.array([" ".join(["red"] * n) for n in words], pa.string())
+    table = table.set_column(table.schema.get_field_index("caption"), "caption", captions)
+    out, stage = _run(table, model=models["blip"], prompt="{caption}", max_field_chars=10_000, max_new_tokens=8)
+    errors = out["caption_error"].to_pylist()
+    assert errors == [None, None, "generation_failed: prompt too long for the model (65 tokens; it takes 64 positions)",
+                      "generation_failed: prompt too long for the model (601 tokens; it takes 64 positions)"]
+    assert stage.engine.position_limit == 64
+    caps = out["caption_synthetic"].to_pylist()
+    assert isinstance(caps[0], str) and isinstance(caps[1], str)  # a full table still leaves room for one token
+    assert caps[2:] == [None, None]
+    assert out["reject_stage"].null_count == out.num_rows
+
+
 def test_where_recaptions_only_matching_rows_and_second_pass_keeps_first(models, pool):
     params = {"model": models["blip"], "prompt": "a photo of"}
     low, _ = _run(pool, where="clip_score < 0.2", **params)
