@@ -40,7 +40,6 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     shards = list_shards(cfg.input)
     stages = cfg.build_stages()
     input_report = check_input(stages, shards, cfg.columns)
-    print(input_line(input_report), file=sys.stderr)
     segments = plan_mod.make_plan(stages)
     fps = fingerprint.for_run(segments, shards, cfg.columns)
     resume_mod.prepare(out, fps, fingerprint.describe(segments, cfg.columns), shards, cfg.write_kept,
@@ -89,6 +88,8 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
         "idle_rules": input_report["idle_rules"],
         "fingerprint": fps.pipeline,
     }, os.path.join(out, "pipeline.json"))
+    # After the run, beside its summary: a failing run's only stderr line stays its one-line error.
+    print(input_line(input_report), file=sys.stderr)
     return run_stats
 
 
