@@ -109,6 +109,15 @@ DATACOMP_BASIC_L14 = [{"stage": "basic_filter"},
                       {"stage": "filter", "keep_top": {"column": "clip_l14_similarity_score", "fraction": 0.3}}]
 
 
+def test_the_example_is_this_pipeline():
+    from tests.conftest import REPO
+    from winnow.pipeline.config import load_pipeline
+
+    stages = load_pipeline(str(REPO / "examples" / "datacomp-metadata.yaml")).build_stages()
+    assert [s.name for s in stages] == ["basic_filter", "filter"]
+    assert (stages[1].top_column, stages[1].top_fraction) == ("clip_l14_similarity_score", 0.3)
+
+
 def _expected_top(inp, fraction: float) -> set[str]:
     raw = pa.concat_tables([pq.read_table(p) for p in sorted(inp.glob("*.parquet"))])
     survivors = [(s, u) for i, (s, u) in enumerate(zip(raw["clip_l14_similarity_score"].to_pylist(),
