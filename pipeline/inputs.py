@@ -2,7 +2,10 @@
 
 Recognised without flags: LAION/img2dataset inputs (``URL``/``TEXT``), ``url``/``caption``,
 Conceptual Captions TSV (``caption<TAB>url``, no header), img2dataset output (``jpg``,
-``caption``, ``status``, ...). ``columns`` (canonical -> source name) overrides the guess.
+``caption``, ``status``, ...), and the metadata Parquet of LAION (``WIDTH``/``HEIGHT``), DataComp
+(``original_width``/``original_height``, ``text``) and COYO (``width``/``height``): their sizes feed the
+canonical ``width``/``height``. ``columns`` (canonical -> source name) overrides the guess;
+``column_sources`` says which source fed each canonical column.
 Unknown extra columns are carried through untouched.
 """
 from __future__ import annotations
@@ -32,9 +35,13 @@ ALIASES = {
     "url": ["url", "URL", "image_url", "img_url"],
     "caption": ["caption", "TEXT", "text", "alt_text", "alt"],
     "image": ["image", "jpg", "png", "webp", "image_bytes"],
-    "width": ["width"],
-    "height": ["height"],
+    # The original size first: DataComp's basic filter judges the size before img2dataset resized it, and
+    # img2dataset output has both (``width`` is then the resized size, kept as ``resized_width``).
+    "width": ["original_width", "WIDTH", "width"],
+    "height": ["original_height", "HEIGHT", "height"],
 }
+# A canonical-named column displaced by a preferred source keeps its values under this name.
+DISPLACED = {"width": "resized_width", "height": "resized_height"}
 
 
 # Input columns that would be taken for winnow's own: renamed aside (``input_<name>``) with a warning.
@@ -102,7 +109,18 @@ def read_shard(shard: Shard, columns: dict[str, str] | None = None) -> pa.Table:
         raise
     except Exception as exc:  # pyarrow/csv/json errors carry no file name: add it
         raise WinnowError(f"input {shard.path}: cannot be read as {shard.format} ({_first_line(exc)})") from None
-    table = canonicalize(raw, columns or {}, shard.path)
+    return with_uids(canonicalize(raw, columns or {}, shard.path), shard)
+
+
+def source_names(shard: Shard) -> list[str]:
+    """The shard's own column names, before canonicalize (Parquet: from its footer)."""
+    if shard.format == "parquet":
+        return pq.read_schema(shard.path).names
+    return _read_raw(shard).column_names
+
+
+def with_uids(table: pa.Table, shard: Shard) -> pa.Table:
+    """Check the input's uids, or derive them when it has none."""
     if "uid" in table.column_names:
         check_uids(table["uid"], shard.path)
     else:
@@ -157,29 +175,37 @@ def _looks_like_url(value: str) -> bool:
     return value.strip().lower().startswith(("http://", "https://", "ftp://", "file://", "data:"))
 
 
-def canonicalize(table: pa.Table, columns: dict[str, str], source: str) -> pa.Table:
-    """Rename recognised source columns to canonical names and give them canonical types."""
-    renames: dict[str, str] = {}
+def column_sources(names: list[str], columns: dict[str, str], source: str) -> dict[str, str]:
+    """canonical column -> the source column that feeds it (explicit ``columns`` first, then ALIASES)."""
+    chosen: dict[str, str] = {}
     for canon, src in columns.items():
         if canon not in ALIASES:
             raise WinnowError(f"column mapping: unknown canonical column '{canon}'; valid: {', '.join(ALIASES)}")
-        if src not in table.column_names:
+        if src not in names:
             raise WinnowError(f"input {source}: mapped column '{src}' (for '{canon}') not found; "
-                              f"columns are: {', '.join(table.column_names)}")
-        renames[src] = canon
-    for canon, names in ALIASES.items():
-        if canon in renames.values():
-            continue
-        for name in names:
-            if name in table.column_names and name not in renames:
-                renames[name] = canon
-                break
+                              f"columns are: {', '.join(names)}")
+        chosen[canon] = src
+    for canon, aliases in ALIASES.items():
+        if canon not in chosen:
+            taken = set(chosen.values())
+            found = next((a for a in aliases if a in names and a not in taken), None)
+            if found is not None:
+                chosen[canon] = found
+    return chosen
+
+
+def canonicalize(table: pa.Table, columns: dict[str, str], source: str) -> pa.Table:
+    """Rename recognised source columns to canonical names and give them canonical types."""
+    sources = column_sources(table.column_names, columns, source)
+    renames = {src: canon for canon, src in sources.items()}
     out = {}
     for name in table.column_names:
         target = renames.get(name, name)
         if target in (REJECT_STAGE, REJECT_REASON) or target.startswith(RUNNER_PREFIX):
             target = _set_aside(name, source)
-        if target in out:  # keep the first mapped one; a clashing original keeps its own name
+        elif name not in renames and name in sources:  # a canonical name fed by another column
+            target = DISPLACED.get(name, f"{name}_original")
+        if target in out:  # keep the mapped one; a clashing original keeps its own name
             target = f"{name}_original"
         out[target] = table[name]
     table = pa.table(out)

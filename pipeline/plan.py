@@ -92,6 +92,18 @@ def check_columns(stages: list[Stage], schema: pa.Schema, source: str) -> None:
         available |= set(stage.produces())
 
 
+def idle_rules(stages: list[Stage], schema: pa.Schema) -> dict[str, list[str]]:
+    """stage -> its enabled rules with no column to act on, given the input and what earlier stages produce."""
+    available = set(schema.names)
+    out = {}
+    for stage in stages:
+        idle = stage.idle_rules(set(available))
+        if idle:
+            out[stage.instance_name] = idle
+        available |= set(stage.produces())
+    return out
+
+
 def writes_outputs(segments: list[Segment], k: int) -> bool:
     """Segment k's pass holds each shard's final rows (the last segment, no barrier after it): both runners
     write the run's manifest/kept from them in that pass instead of reading the parts back afterwards."""

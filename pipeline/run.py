@@ -15,7 +15,15 @@ from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import resume as resume_mod
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.config import PipelineConfig
-from winnow.pipeline.inputs import Shard, canonicalize, count_rows, list_shards, read_shard
+from winnow.pipeline.inputs import (
+    Shard,
+    canonicalize,
+    column_sources,
+    count_rows,
+    list_shards,
+    read_shard,
+    source_names,
+)
 from winnow.pipeline.stats import Progress
 from winnow.stages.columns import ensure_reject_columns
 from winnow.stages.errors import WinnowError
@@ -31,7 +39,7 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     rundir.ensure_writable_dir(out)
     shards = list_shards(cfg.input)
     stages = cfg.build_stages()
-    check_input(stages, shards, cfg.columns)
+    input_report = check_input(stages, shards, cfg.columns)
     segments = plan_mod.make_plan(stages)
     fps = fingerprint.for_run(segments, shards, cfg.columns)
     resume_mod.prepare(out, fps, fingerprint.describe(segments, cfg.columns), shards, cfg.write_kept,
@@ -76,29 +84,56 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
         "versions": outputs.package_versions(),
         "models": {s.instance_name: s.provenance() for s in stages if s.provenance()},
         "inputs": outputs.input_listing(shards, input_rows),
+        "columns": input_report["columns"],
+        "idle_rules": input_report["idle_rules"],
         "fingerprint": fps.pipeline,
     }, os.path.join(out, "pipeline.json"))
+    # After the run, beside its summary: a failing run's only stderr line stays its one-line error.
+    print(input_line(input_report), file=sys.stderr)
     return run_stats
 
 
-def check_input(stages, shards: list[Shard], columns: dict) -> None:
+def check_input(stages, shards: list[Shard], columns: dict) -> dict:
     """The pipeline's column needs against the input, before anything runs: every Parquet shard's footer
-    (cheap, and a shard that is not Parquet fails here) and the first text shard, read whole."""
+    (cheap, and a shard that is not Parquet fails here) and the first text shard, read whole.
+
+    Returns what the run then reports: ``columns`` (canonical -> the source column that fed it; shards that
+    differ give ``"a | b"``) and ``idle_rules`` (stage -> enabled rules with no column to act on, any shard)."""
     parquet = [s for s in shards if s.format == "parquet"]
     text = [s for s in shards if s.format != "parquet"][:1]
+    fed: dict[str, list[str]] = {}
+    idle: dict[str, list[str]] = {}
     for shard in parquet + text:
+        try:
+            names = source_names(shard)
+        except Exception as exc:
+            raise WinnowError(f"input {shard.path}: cannot be read as {shard.format} "
+                              f"({str(exc).splitlines()[0]})") from None
         if shard.format == "parquet":
-            try:
-                table = pq.read_schema(shard.path).empty_table()
-            except Exception as exc:
-                raise WinnowError(f"input {shard.path}: cannot be read as parquet "
-                                  f"({str(exc).splitlines()[0]})") from None
-            table = canonicalize(table, columns, shard.path)
+            table = canonicalize(pq.read_schema(shard.path).empty_table(), columns, shard.path)
             if "uid" not in table.column_names:
                 table = table.append_column("uid", pa.array([], pa.string()))
         else:
             table = read_shard(shard, columns)
-        plan_mod.check_columns(stages, ensure_reject_columns(table).schema, shard.path)
+        sources = column_sources(names, columns, shard.path)
+        sources.setdefault("uid", "(derived)")
+        for canon, src in sources.items():
+            fed.setdefault(canon, []).append(src)
+        schema = ensure_reject_columns(table).schema
+        plan_mod.check_columns(stages, schema, shard.path)
+        for stage, rules in plan_mod.idle_rules(stages, schema).items():
+            idle[stage] = list(dict.fromkeys(idle.get(stage, []) + rules))
+    return {"columns": {c: " | ".join(dict.fromkeys(v)) for c, v in fed.items()}, "idle_rules": idle}
+
+
+def input_line(report: dict) -> str:
+    """One stderr line: which source column fed each canonical column, and which rules have nothing to act on."""
+    cols = ", ".join(f"{c}<-{s}" for c, s in report["columns"].items())
+    line = f"winnow: columns: {cols or 'none recognised'}"
+    if report["idle_rules"]:
+        idle = "; ".join(f"{st} {', '.join(rules)}" for st, rules in report["idle_rules"].items())
+        line += f"; rules with no column to act on: {idle}"
+    return line
 
 
 def _empty() -> dict:

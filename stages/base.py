@@ -145,6 +145,12 @@ class Stage:
         """Columns this stage adds (name -> type), used to keep schemas stable across batches."""
         return {}
 
+    def idle_rules(self, columns: set[str]) -> list[str]:
+        """The enabled rules that would have no column to act on when batches hold ``columns`` (the input's
+        canonical columns plus what earlier stages produce), each as ``"rule: what it needs"``. A runner
+        reports them before running: a rule with nothing to act on says so, it never quietly does nothing."""
+        return []
+
     # -- helpers ----------------------------------------------------------------------------
     def ensure_setup(self, context: StageContext | None = None) -> None:
         """Set the stage up once per worker; ``context`` is what the runner owns (run directory, writer)."""

@@ -56,13 +56,61 @@ class Predicate:
 
     def mask(self, table: pa.Table) -> pa.Array:
         """Boolean array, True where the predicate holds (null counts as False)."""
+        return pc.fill_null(self.evaluate(table), False)
+
+    def evaluate(self, table: pa.Table) -> pa.Array:
+        """Boolean array with nulls where the result is unknown (a null compared): callers that must say
+        why a row was not selected tell "false" from "unknown" with it."""
         self.check_columns(table.column_names, "where")
         out = _evaluate(self.tree, table)
         if isinstance(out, pa.Scalar):  # e.g. "true": broadcast
             out = pa.array([out.as_py()] * table.num_rows, pa.bool_())
         if isinstance(out, pa.ChunkedArray):
             out = out.combine_chunks()
-        return pc.fill_null(out, False)
+        return out
+
+
+    def conjuncts(self) -> list[Predicate]:
+        """The top-level ``and`` terms, each with its own text (normalised), so a caller can say which
+        term a row failed; a predicate with no top-level ``and`` is its own single term, text unchanged."""
+        terms, stack = [], [self.tree]
+        while stack:
+            node = stack.pop()
+            if node[0] == "and":
+                stack += [node[2], node[1]]
+            else:
+                terms.append(node)
+        if len(terms) == 1:
+            return [self]
+        return [Predicate(_show(t), t, tuple(dict.fromkeys(_columns(t)))) for t in terms]
+
+
+def _show(node) -> str:
+    """Text of a parsed tree (operands as the parser read them)."""
+    if isinstance(node, Column):
+        return node.name
+    if not isinstance(node, tuple):
+        return "true" if node is True else "false" if node is False else repr(node)
+    op = node[0]
+    if op in ("and", "or"):
+        return f"({_show(node[1])} {op} {_show(node[2])})"
+    if op == "not":
+        return f"not {_show(node[1])}"
+    if op == "const":
+        return _show(node[1])
+    if op in ("is_null", "not_null"):
+        return f"{node[1].name} is {'not ' if op == 'not_null' else ''}null"
+    if op in ("in", "not_in"):
+        return f"{node[1].name} {'not ' if op == 'not_in' else ''}in ({', '.join(_show(v) for v in node[2])})"
+    return f"{_show(node[2])} {node[1]} {_show(node[3])}"
+
+
+def _columns(node) -> list[str]:
+    if isinstance(node, Column):
+        return [node.name]
+    if isinstance(node, tuple):  # operator names and literals are not columns
+        return [c for part in node for c in _columns(part)]
+    return []
 
 
 def parse_predicate(text: str) -> Predicate:

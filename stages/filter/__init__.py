@@ -1,4 +1,5 @@
-"""Keep or reject rows by rules and scores: DataComp's basic rules, CLIP score, DFN.
+"""Keep or reject rows by rules and scores: DataComp's basic rules, CLIP score, DFN, predicates and
+precomputed scores (`filter`).
 
 Imports only its stage modules (the registry collects their Stage subclasses)."""
-from winnow.stages.filter import basic, clip_score  # noqa: F401
+from winnow.stages.filter import basic, clip_score, rules  # noqa: F401

@@ -50,6 +50,12 @@ class BasicFilter(MapStage):
     def produces(self):
         return {"lang": pa.string(), "lang_score": pa.float32(), "width": pa.int32(), "height": pa.int32()}
 
+    def idle_rules(self, columns: set[str]) -> list[str]:
+        if "image" in columns or {"width", "height"} <= columns:
+            return []
+        rules = [r for r in ("min_side", "max_aspect_ratio", "max_pixels") if self.config[r]]
+        return [f"{r}: needs an image or width and height columns" for r in rules]
+
     def setup(self):
         import fasttext
 

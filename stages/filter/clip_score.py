@@ -3,7 +3,7 @@
 A global stage (DESIGN.md §3): ``prepare`` scores (the GPU work, see stages/_clip_engine.py),
 ``partial``/``combine``/``finalize`` turn all scores of the run into one threshold, ``apply`` rejects.
 ``keep_top`` is therefore a fraction of the WHOLE run, identical whatever the sharding: scores are
-counted on a fixed 1e-6 grid (a mergeable, exact histogram of at most 2 million bins), so partials
+counted on a fixed 1e-6 grid (stages/filter/keep_top.py, shared with ``filter``), so partials
 add up and the threshold is the k-th largest grid value, k = ceil(keep_top x scored rows).
 
 Columns: ``<column>`` (float32 cosine in [-1, 1]; column defaults to the stage name, with ``_score``
@@ -23,7 +23,6 @@ readers should keep one row per uid. ``dot(image_embedding, text_embedding)`` is
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 
@@ -33,8 +32,8 @@ import pyarrow as pa
 from winnow.stages.base import GlobalStage, Param, Resources
 from winnow.stages.columns import set_column
 from winnow.stages.errors import WinnowError
+from winnow.stages.filter import keep_top as top
 
-GRID = 1_000_000  # scores are compared for keep_top on a 1e-6 grid: exact, mergeable counts
 DEFAULT_CLIP = "open_clip:ViT-L-14/openai"  # DataComp's CLIP-score filter model
 DEFAULT_DFN = "open_clip:hf-hub:apple/DFN2B-CLIP-ViT-L-14"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -165,33 +164,23 @@ class ClipScore(GlobalStage):
     # -- global threshold ---------------------------------------------------------------------------
     def partial(self, table: pa.Table):
         if not self.keep_top or table.num_rows == 0:
-            return _EMPTY
-        return _grid_counts(_grid(table[self.score_column].drop_null().to_numpy()))
+            return top.EMPTY
+        return top.grid_counts(table[self.score_column].drop_null().to_numpy())
 
     def combine(self, parts):
-        keys = np.concatenate([p[0] for p in parts]) if parts else _EMPTY[0]
-        counts = np.concatenate([p[1] for p in parts]) if parts else _EMPTY[1]
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        return uniq, np.bincount(inverse, weights=counts, minlength=len(uniq)).astype(np.int64)
+        return top.combine_counts(parts)
 
     def finalize(self, combined) -> dict:
-        keys, counts = combined
-        scored = int(counts.sum())
-        artifact = {"column": self.score_column, "keep_top": self.keep_top, "min_score": self.min_score,
-                    "scored_rows": scored, "threshold": None, "threshold_grid": None, "rows_at_or_above": None}
-        if self.keep_top and scored:
-            k = max(1, math.ceil(self.keep_top * scored - 1e-9))
-            above = np.cumsum(counts[::-1])  # rows with grid value >= keys[::-1][j]
-            j = int(np.searchsorted(above, k))
-            artifact.update(threshold_grid=int(keys[::-1][j]), threshold=float(keys[::-1][j]) / GRID,
-                            rows_at_or_above=int(above[j]))
-        return artifact
+        cut = top.threshold(combined, self.keep_top)
+        return {"column": self.score_column, "keep_top": self.keep_top, "min_score": self.min_score,
+                "scored_rows": cut["counted"], "threshold": cut["threshold"],
+                "threshold_grid": cut["threshold_grid"], "rows_at_or_above": cut["rows_at_or_above"]}
 
     def apply(self, table: pa.Table, artifact: dict) -> pa.Table:
         scores = table[self.score_column].to_numpy(zero_copy_only=False).astype(np.float64)  # NaN where null
         errors = table[self.error_column].to_pylist()
         cut = artifact.get("threshold_grid")
-        grid = _grid(np.nan_to_num(scores, nan=-2.0))
+        grid = top.to_grid(np.nan_to_num(scores, nan=-2.0))
         reasons = []
         for i, err in enumerate(errors):
             if err is not None:
@@ -209,16 +198,3 @@ class Dfn(ClipScore):
     name = "dfn"
     help = "Data Filtering Network score (clip_score machinery, a DFN model); keeps the top 15% by default"
     params = _params(DEFAULT_DFN, 0.15)
-
-
-_EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-
-
-def _grid(scores: np.ndarray) -> np.ndarray:
-    return np.rint(np.asarray(scores, dtype=np.float64) * GRID).astype(np.int64)
-
-
-def _grid_counts(grid: np.ndarray):
-    keys, counts = np.unique(grid, return_counts=True)
-    return keys.astype(np.int64), counts.astype(np.int64)
-
