@@ -74,11 +74,12 @@ class KeptSet:
     def __init__(self, run_dir: str):
         check_run(run_dir)
         folder = rundir.kept_dir(run_dir)
-        if not os.path.isdir(folder):
+        self.record = read_record(run_dir, rundir.pipeline_record_path(run_dir))
+        # An earlier run's kept/ may remain (emptied) after a rerun without it: the record decides.
+        if not os.path.isdir(folder) or not self.record.get("config", {}).get("write_kept", True):
             raise WinnowError(f"run directory {run_dir}: no kept set (kept/); this export needs the kept rows "
                               f"with image bytes: rerun with write_kept: true (`winnow stage ... --kept`)")
         self.run_dir, self.parts = run_dir, parquet_files(folder)
-        self.record = read_record(run_dir, rundir.pipeline_record_path(run_dir))
         schemas = [pq.read_schema(p) for p in self.parts]
         self.schema = schemas[0] if schemas else pa.schema([])
         self.counts = [pq.read_metadata(p).num_rows for p in self.parts]
