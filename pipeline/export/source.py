@@ -18,7 +18,8 @@ from winnow.pipeline import rundir
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE
 from winnow.stages.errors import WinnowError
 
-SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")  # no dots (webdataset splits keys at the first one), no slashes
+# No dots (webdataset splits keys at the first one), no slashes; short enough for a ustar name with ".json".
+SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,90}")
 BOOKKEEPING = ("__winnow",)
 
 

@@ -102,7 +102,7 @@ def test_killed_export_leftovers_and_a_larger_earlier_export_are_replaced(kept_r
 @pytest.mark.torture
 def test_uids_with_dots_slashes_and_spaces_get_safe_distinct_keys(sample_dir, tmp_path):
     table = pq.read_table(sample_dir / "shard-00000.parquet").slice(0, 30)
-    uids = [f"img.{i}/a b.jpg" if i % 2 else f"plain-{i}" for i in range(30)]
+    uids = [f"img.{i}/a b.jpg" if i % 2 else f"plain-{i}" if i % 3 else f"long-{i}-" + "x" * 120 for i in range(30)]
     pq.write_table(table.set_column(0, "uid", pa.array(uids)), tmp_path / "pool.parquet")
     run_pipeline(tmp_path / "pool.parquet", tmp_path / "run")
     folder = tmp_path / "run" / "exports" / "webdataset"
@@ -110,5 +110,6 @@ def test_uids_with_dots_slashes_and_spaces_get_safe_distinct_keys(sample_dir, tm
     samples = list(wds.WebDataset(str(folder / "00000000.tar"), shardshuffle=False).to_tuple("__key__", "json"))
     keys = [k for k, _ in samples]
     assert len(set(keys)) == len(keys) == len(kept_rows(tmp_path / "run"))
-    assert all("." not in k and "/" not in k for k in keys)
+    assert all("." not in k and "/" not in k and len(k) <= 90 for k in keys)
+    assert any(k.startswith("plain-") for k in keys) and any(k.startswith("~") for k in keys)
     assert {json.loads(m)["uid"] for _, m in samples} == set(kept_rows(tmp_path / "run"))
