@@ -113,3 +113,27 @@ def test_uids_with_dots_slashes_and_spaces_get_safe_distinct_keys(sample_dir, tm
     assert all("." not in k and "/" not in k and len(k) <= 90 for k in keys)
     assert any(k.startswith("plain-") for k in keys) and any(k.startswith("~") for k in keys)
     assert {json.loads(m)["uid"] for _, m in samples} == set(kept_rows(tmp_path / "run"))
+
+
+def test_caption_mix_output_is_the_training_caption_with_its_provenance(sample_dir, tmp_path):
+    from winnow.pipeline.config import parse_pipeline
+    from winnow.pipeline.run import execute
+
+    table = pq.read_table(sample_dir / "shard-00002.parquet")
+    synth = [f"synthetic {c}" if i % 2 else None for i, c in enumerate(table["caption"].to_pylist())]
+    pq.write_table(table.append_column("caption_synthetic", pa.array(synth, pa.string())), tmp_path / "pool.parquet")
+    cfg = parse_pipeline({"input": str(tmp_path / "pool.parquet"), "stages": [
+        {"stage": "basic_filter"}, {"stage": "caption_mix", "synthetic_ratio": 1.0}]})
+    execute(cfg, str(tmp_path / "run"), runner="local", progress=False)
+    export(tmp_path / "run")
+    rows = kept_rows(tmp_path / "run")
+    samples = list(wds.WebDataset(str(tmp_path / "run" / "exports" / "webdataset" / "00000000.tar"),
+                                  shardshuffle=False).decode().to_tuple("txt", "json"))
+    assert len(samples) == len(rows)
+    sources = set()
+    for text, meta in samples:
+        row = rows[meta["uid"]]
+        assert text == row["caption_train"] and meta["caption_source"] == row["caption_source"]
+        assert meta["caption"] == row["caption"] and meta["caption_synthetic"] == row["caption_synthetic"]
+        sources.add(meta["caption_source"])
+    assert sources == {"alt_text", "synthetic"}  # rows without a synthetic caption fall back to their alt-text
