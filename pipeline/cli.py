@@ -192,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_delegate("winnow.pipeline.tools.train_dfn"))
 
+    s = sub.add_parser("export", help="write a finished run's kept set as a training set")
+    s.add_argument("run_dir")
+    s.add_argument("--format", required=True, help="webdataset | datacomp-subset | parquet")
+    s.add_argument("--output", help="folder; a relative one lives under RUN_DIR (default RUN_DIR/exports/FORMAT)")
+    s.add_argument("--samples-per-shard", type=int, help="samples per tar / Parquet file (default 10000)")
+    s.add_argument("--shuffle", action="store_true", help="order samples by a hash of (seed, uid)")
+    s.add_argument("--seed", type=int, help="shuffle seed (default: the run's seed)")
+    s.set_defaults(func=_delegate("winnow.pipeline.export.main"))
+
     s = sub.add_parser("report", help="write RUN_DIR/report.html")
     s.add_argument("run_dir")
     s.add_argument("--output", help="where to write the page (default RUN_DIR/report.html)")

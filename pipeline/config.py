@@ -10,6 +10,8 @@ stages:
   - stage: basic_filter        # stage type (see `winnow stages`)
     name: basic                # optional instance name (defaults to the type)
     min_words: 3               # parameters, flat
+exports:                       # optional: training sets written after the run's outputs (pipeline/export/)
+  - {format: webdataset, output: exports/wds, samples_per_shard: 1000}
 ```
 """
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 import yaml
 
+from winnow.pipeline.export.spec import ExportSpec, parse_exports
 from winnow.stages.errors import WinnowError
 
-TOP_LEVEL_KEYS = {"input", "columns", "output", "seed", "write_kept", "stages", "runner"}
+TOP_LEVEL_KEYS = {"input", "columns", "output", "seed", "write_kept", "stages", "runner", "exports"}
 RUNNER_KEYS = {"address", "progress", "max_rows_per_file"}
 
 
@@ -42,6 +45,7 @@ class PipelineConfig:
     seed: int = 0
     write_kept: bool = True
     runner: dict[str, Any] = field(default_factory=dict)
+    exports: list[ExportSpec] = field(default_factory=list)
     source: str = "<pipeline>"
 
     def build_stages(self):
@@ -55,6 +59,7 @@ class PipelineConfig:
             "input": self.input, "output": self.output, "columns": self.columns, "seed": self.seed,
             "write_kept": self.write_kept, "runner": self.runner,
             "stages": [{"stage": s.type, "name": s.name, **s.params} for s in self.stages],
+            "exports": [e.to_dict() for e in self.exports],
         }
 
 
@@ -103,9 +108,11 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineConfig:
             raise WinnowError(f"{source}: stages[{i}]: duplicate stage name '{name}'; give it a distinct 'name'")
         names.add(name)
         specs.append(StageSpec(str(entry["stage"]), str(name), params))
+    write_kept = data.get("write_kept", True)
+    exports = parse_exports(data.get("exports"), source, write_kept)
     cfg = PipelineConfig(
         input=str(data["input"]), output=data.get("output"), stages=specs, columns=data.get("columns") or {},
-        seed=data.get("seed", 0), write_kept=data.get("write_kept", True), runner=runner, source=source,
+        seed=data.get("seed", 0), write_kept=write_kept, runner=runner, exports=exports, source=source,
     )
     try:
         cfg.build_stages()

@@ -15,6 +15,7 @@ from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import resume as resume_mod
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.config import PipelineConfig
+from winnow.pipeline.export.main import run_export, summary
 from winnow.pipeline.inputs import (
     Shard,
     canonicalize,
@@ -77,7 +78,7 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     }
     if resumed:
         run_stats["resumed"] = resumed
-    rundir.write_json_atomic(run_stats, os.path.join(out, "stats.json"))
+    rundir.write_json_atomic(run_stats, rundir.stats_path(out))
     rundir.write_json_atomic({
         "config": cfg.to_dict() | {"output": os.path.abspath(out)},
         "runner": runner,
@@ -87,9 +88,11 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
         "columns": input_report["columns"],
         "idle_rules": input_report["idle_rules"],
         "fingerprint": fps.pipeline,
-    }, os.path.join(out, "pipeline.json"))
+    }, rundir.pipeline_record_path(out))
     # After the run, beside its summary: a failing run's only stderr line stays its one-line error.
     print(input_line(input_report), file=sys.stderr)
+    for spec in cfg.exports:  # after every output of the run: an export reads the finished run
+        print(f"winnow: {summary(run_export(out, spec))}", file=sys.stderr)
     return run_stats
 
 

@@ -42,7 +42,7 @@ def ensure_writable_dir(path: str) -> None:
         raise WinnowError(f"output {path}: not writable ({exc.strerror or exc})") from None
 
 
-def _atomic(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     """``write(tmp)`` then rename onto ``path``. A full or read-only disk is one line naming the path;
     the half-written temp file is removed, so nothing half-written is ever taken for done."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -60,7 +60,7 @@ def _atomic(path: str, write) -> None:
 
 
 def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_json_atomic(obj, path: str) -> None:
@@ -68,7 +68,7 @@ def write_json_atomic(obj, path: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=str)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def read_json(path: str):
@@ -81,7 +81,7 @@ def write_bytes_atomic(data: bytes, path: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def stage_context(out: str) -> StageContext:
@@ -189,6 +189,51 @@ def manifest_part(out: str, stem: str) -> str:
 
 def kept_part(out: str, stem: str) -> str:
     return os.path.join(out, "kept", f"part-{stem}.parquet")
+
+
+def manifest_dir(out: str) -> str:
+    return os.path.join(out, "manifest")
+
+
+def kept_dir(out: str) -> str:
+    return os.path.join(out, "kept")
+
+
+def stats_path(out: str) -> str:
+    return os.path.join(out, "stats.json")
+
+
+def pipeline_record_path(out: str) -> str:
+    return os.path.join(out, "pipeline.json")
+
+
+# -- exports (pipeline/export/) ----------------------------------------------------------------
+def export_dir(out: str, output: str | None, fmt: str) -> str:
+    """Where an export goes: a relative ``output`` (and the default, ``exports/<format>``) lives under OUT/,
+    so ``--fresh`` clears it with the run; an absolute one is taken as it is."""
+    output = output or os.path.join("exports", fmt)
+    return output if os.path.isabs(output) else os.path.join(out, output)
+
+
+def wds_shard_path(folder: str, index: int) -> str:
+    return os.path.join(folder, f"{index:08d}.tar")
+
+
+def wds_sizes_path(folder: str) -> str:
+    """open_clip reads the sample count from ``sizes.json`` beside the tars; written last (completion marker)."""
+    return os.path.join(folder, "sizes.json")
+
+
+def hf_part_path(folder: str, index: int, count: int) -> str:
+    return os.path.join(folder, "data", f"train-{index:05d}-of-{count:05d}.parquet")
+
+
+def hf_card_path(folder: str) -> str:
+    return os.path.join(folder, "README.md")
+
+
+def subset_path(folder: str) -> str:
+    return os.path.join(folder, "subset.npy")
 
 
 # -- the run as a whole ------------------------------------------------------------------------

@@ -54,8 +54,8 @@ def test_unknown_stage(capsys, tmp_path, good):
 def test_unknown_top_level_key(capsys, tmp_path, good):
     good["stagse"] = good.pop("stages")
     path = _write(tmp_path, good)
-    assert _run(capsys, path) == f"winnow: error: {path}: unknown key 'stagse'; valid: columns, input, output, " \
-                                 f"runner, seed, stages, write_kept"
+    assert _run(capsys, path) == f"winnow: error: {path}: unknown key 'stagse'; valid: columns, exports, input, " \
+                                 f"output, runner, seed, stages, write_kept"
 
 
 def test_unknown_stage_parameter(capsys, tmp_path, good):
