@@ -4,6 +4,11 @@ Every checkpoint piece (a segment's part of a shard, a barrier's artifact, a gro
 records the fingerprint of what produced it, and a rerun reuses a piece only when that fingerprint
 equals the one computed now. A shard's fingerprint is its path, size and a hash of its Parquet footer
 (row groups, statistics, schema: any rewrite changes it) or, for text formats, of its whole content.
+A tar is sampled, not read whole (``SAMPLE`` bytes at its start and end, its mtime, its sidecar Parquet's
+footer): DataComp's tars are ~0.5 GB each and a full hash of thousands would cost minutes at every start
+and resume; a rewrite by img2dataset changes the sidecar's footer and the tar's mtime, and anything that
+touches a tar without changing it only costs a recompute, never a wrong reuse. img2dataset's ``files``
+folders: the Parquet's footer plus the folder's listing (names, sizes, mtimes).
 A segment's fingerprint covers the input column mapping, winnow's version and every stage that has
 run by the end of the segment (class, instance name, seed, resolved parameters, a hash of the stage's source file, and
 the size and modification time of any local file a parameter names: model checkpoints, metadata
@@ -22,6 +27,7 @@ import sys
 from dataclasses import dataclass
 
 CHUNK = 1 << 20
+SAMPLE = 1 << 20
 
 
 def _digest(obj) -> str:
@@ -34,6 +40,13 @@ def shard_key(path: str, fmt: str) -> str:
     size = os.path.getsize(path)
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([os.path.abspath(path), size]).encode("utf-8", "surrogatepass"))
+    if fmt == "webdataset":
+        return _tar_key(path, size, h)
+    if fmt == "files":
+        folder = os.path.splitext(path)[0]
+        listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder))
+        h.update(json.dumps(listing).encode("utf-8", "surrogatepass"))
+        fmt = "parquet"
     with open(path, "rb") as f:
         footer = _parquet_footer(f, size) if fmt == "parquet" else None
         if footer is not None:
@@ -42,6 +55,22 @@ def shard_key(path: str, fmt: str) -> str:
             f.seek(0)
             while chunk := f.read(CHUNK):
                 h.update(chunk)
+    return h.hexdigest()
+
+
+def _tar_key(path: str, size: int, h) -> str:
+    h.update(str(os.stat(path).st_mtime_ns).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(SAMPLE))
+        if size > SAMPLE:
+            f.seek(max(SAMPLE, size - SAMPLE))
+            h.update(f.read(SAMPLE))
+    side = os.path.splitext(path)[0] + ".parquet"
+    if os.path.isfile(side):
+        side_size = os.path.getsize(side)
+        h.update(json.dumps(["sidecar", side_size]).encode())
+        with open(side, "rb") as f:
+            h.update(_parquet_footer(f, side_size) or f.read())
     return h.hexdigest()
 
 

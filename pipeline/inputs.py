@@ -1,17 +1,16 @@
 """Reading input shards in the layouts people actually have, into winnow's canonical columns.
 
 Recognised without flags: LAION/img2dataset inputs (``URL``/``TEXT``), ``url``/``caption``,
-Conceptual Captions TSV (``caption<TAB>url``, no header), img2dataset output (``jpg``,
-``caption``, ``status``, ...), and the metadata Parquet of LAION (``WIDTH``/``HEIGHT``), DataComp
-(``original_width``/``original_height``, ``text``) and COYO (``width``/``height``): their sizes feed the
-canonical ``width``/``height``. ``columns`` (canonical -> source name) overrides the guess;
-``column_sources`` says which source fed each canonical column.
+Conceptual Captions TSV (``caption<TAB>url``, no header), img2dataset output in each of its formats
+(``parquet``; ``webdataset`` tars and DataComp ``shards/``; ``files``: see pipeline/readers/ and docs/inputs.md),
+and the metadata Parquet of LAION (``WIDTH``/``HEIGHT``), DataComp (``original_width``/``original_height``,
+``text``) and COYO (``width``/``height``): their sizes feed the canonical ``width``/``height``. ``columns``
+(canonical -> source name) overrides the guess; ``column_sources`` says which source fed each canonical column.
 Unknown extra columns are carried through untouched.
 """
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import io
 import json
@@ -25,10 +24,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from winnow.pipeline.fingerprint import shard_key
+from winnow.pipeline.readers.img2dataset import download_outcomes, read_files
+from winnow.pipeline.readers.layout import list_paths, sidecar
+from winnow.pipeline.readers.webdataset import read_webdataset
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE
 from winnow.stages.errors import WinnowError
 
-EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 # canonical column -> source names we recognise, in order of preference
 ALIASES = {
     "uid": ["uid"],
@@ -71,52 +72,41 @@ class Shard:
 
 
 def list_shards(spec: str) -> list[Shard]:
-    """Expand a file, directory or glob into shards, sorted for determinism, each fingerprinted."""
-    if os.path.isdir(spec):
-        root = spec
-        paths = [os.path.join(spec, f) for f in os.listdir(spec) if _format_of(f)]
-        paths = [p for p in paths if os.path.isfile(p)]
-    elif any(ch in spec for ch in "*?["):
-        root = os.path.dirname(re.split(r"[*?\[]", spec, maxsplit=1)[0]) or "."
-        paths = [p for p in glob.glob(spec) if _format_of(p)]
-    elif os.path.isfile(spec):
-        if not _format_of(spec):
-            raise WinnowError(f"input {spec}: unsupported file type; use .parquet, .csv, .tsv or .jsonl")
-        root, paths = os.path.dirname(spec) or ".", [spec]
-    else:
-        raise WinnowError(f"input {spec}: no such file or directory")
-    if not paths:
-        raise WinnowError(f"input {spec}: no .parquet, .csv, .tsv or .jsonl files found")
+    """Expand a file, directory, glob or brace pattern into shards, sorted for determinism, each fingerprinted."""
+    root, paths = list_paths(spec)
     shards = []
-    for i, p in enumerate(sorted(paths)):
+    for i, (p, fmt) in enumerate(paths):
         try:
-            key = shard_key(p, _format_of(p))
+            key = shard_key(p, fmt)
         except OSError as exc:
             raise WinnowError(f"input {p}: cannot be read ({exc.strerror or exc})") from None
-        shards.append(Shard(p, i, _format_of(p), key, os.path.relpath(p, root)))
+        shards.append(Shard(p, i, fmt, key, os.path.relpath(p, root)))
     return shards
 
 
-def _format_of(path: str) -> str | None:
-    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
-
-
 def read_shard(shard: Shard, columns: dict[str, str] | None = None) -> pa.Table:
-    """Read one shard and map it to canonical columns; assigns uids when the input has none."""
+    """Read one shard and map it to canonical columns; assigns uids when the input has none.
+
+    Rows img2dataset failed to download, and rows a damaged tar sample cannot give, come already rejected
+    (``reject_stage`` 'download' / 'input'): they are in the manifest once, and no stage works on them."""
     try:
-        raw = _read_raw(shard)
+        raw, input_reasons = _read_raw(shard)
     except WinnowError:
         raise
     except Exception as exc:  # pyarrow/csv/json errors carry no file name: add it
         raise WinnowError(f"input {shard.path}: cannot be read as {shard.format} ({_first_line(exc)})") from None
-    return with_uids(canonicalize(raw, columns or {}, shard.path), shard)
+    outcomes = download_outcomes(raw)
+    if outcomes is not None and "uid" not in raw.column_names:
+        raw = raw.append_column("uid", raw["key"].cast(pa.string()))  # img2dataset's key names its rows
+    table = with_uids(canonicalize(raw, columns or {}, shard.path), shard)
+    return _rejected_on_read(table, outcomes, input_reasons)
 
 
 def source_names(shard: Shard) -> list[str]:
     """The shard's own column names, before canonicalize (Parquet: from its footer)."""
     if shard.format == "parquet":
         return pq.read_schema(shard.path).names
-    return _read_raw(shard).column_names
+    return _read_raw(shard)[0].column_names
 
 
 def with_uids(table: pa.Table, shard: Shard) -> pa.Table:
@@ -128,21 +118,44 @@ def with_uids(table: pa.Table, shard: Shard) -> pa.Table:
     return table
 
 
+def _rejected_on_read(table: pa.Table, outcomes, input_reasons: list[str | None] | None) -> pa.Table:
+    """img2dataset's failures first (the row never had an image), then the reader's own per-row problems."""
+    if outcomes is None and input_reasons is None:
+        return table
+    n = table.num_rows  # from here every shard of the format gets the same columns, rejected rows or not
+    download = outcomes[0] if outcomes else [None] * n
+    read = input_reasons or [None] * n
+    stages = ["download" if d else ("input" if r else None) for d, r in zip(download, read)]
+    reasons = [d or r for d, r in zip(download, read)]
+    table = table.append_column(REJECT_STAGE, pa.array(stages, pa.string()))
+    table = table.append_column(REJECT_REASON, pa.array(reasons, pa.string()))
+    if outcomes is not None and "download_error" not in table.column_names:
+        table = table.append_column("download_error", pa.array(outcomes[1], pa.string()))
+    return table
+
+
 def count_rows(shard: Shard, columns: dict[str, str] | None = None) -> int:
-    """Rows of an input shard as it is now (Parquet: from its footer), for the conservation check."""
-    if shard.format == "parquet":
+    """Rows of an input shard as it is now (Parquet, and tars or folders with img2dataset's Parquet: from
+    its footer, which lists every row), for the conservation check."""
+    if shard.format == "parquet" or shard.format == "files":
         return pq.read_metadata(shard.path).num_rows
+    if shard.format == "webdataset" and os.path.isfile(sidecar(shard.path)):
+        return pq.read_metadata(sidecar(shard.path)).num_rows
     return read_shard(shard, columns).num_rows
 
 
-def _read_raw(shard: Shard) -> pa.Table:
+def _read_raw(shard: Shard) -> tuple[pa.Table, list[str | None] | None]:
     if shard.format == "parquet":
-        return pq.read_table(shard.path)
+        return pq.read_table(shard.path), None
+    if shard.format == "webdataset":
+        return read_webdataset(shard.path)
+    if shard.format == "files":
+        return read_files(shard.path)
     if shard.format == "jsonl":
         with open(shard.path, encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        return pa.Table.from_pylist(rows) if rows else pa.table({})
-    return _read_delimited(shard.path, "\t" if shard.format == "tsv" else ",")
+        return (pa.Table.from_pylist(rows) if rows else pa.table({})), None
+    return _read_delimited(shard.path, "\t" if shard.format == "tsv" else ","), None
 
 
 def _read_delimited(path: str, delimiter: str) -> pa.Table:
