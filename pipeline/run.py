@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from winnow.pipeline import outputs, rundir
+from winnow.pipeline import outputs, rundir, runlock
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.config import PipelineConfig
 from winnow.pipeline.inputs import Shard, list_shards
@@ -14,8 +14,15 @@ from winnow.stages.errors import WinnowError
 
 def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str | None = None,
             progress: bool = True) -> dict:
-    """Run ``cfg`` into ``out``; returns the stats dict also written to OUT/stats.json."""
+    """Run ``cfg`` into ``out``; returns the stats dict also written to OUT/stats.json.
+
+    The output's lock is held throughout (one run per output directory; see runlock)."""
     rundir.ensure_writable_dir(out)
+    with runlock.held(out):
+        return _execute(cfg, out, runner, address, progress)
+
+
+def _execute(cfg: PipelineConfig, out: str, runner: str, address: str | None, progress: bool) -> dict:
     shards = list_shards(cfg.input)
     stages = cfg.build_stages()
     prog = Progress(progress)
