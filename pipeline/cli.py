@@ -5,6 +5,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 
 from winnow.stages.errors import WinnowError
@@ -212,7 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interruptible() -> None:
+    """Make SIGINT raise KeyboardInterrupt even when it was inherited as ignored.
+
+    A shell without job control (a script, a CI step, a tool harness running ``winnow run ... &``)
+    starts background commands with SIGINT ignored, and Python then installs no handler: a Ctrl-C or
+    ``kill -INT`` was silently dropped and the run went on to exit 0. Every run resumes from its
+    checkpoints, so stopping on SIGINT is always safe. (Processes the run starts, such as Ray's, then
+    get SIGINT's default back on exec instead of inheriting the ignore.)
+    """
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (main() called from a thread): leave signals alone
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _interruptible()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -220,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"winnow: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("winnow: interrupted", file=sys.stderr)
+        print("winnow: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 
 

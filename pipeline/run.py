@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from winnow.pipeline import fingerprint, outputs, rundir
+from winnow.pipeline import fingerprint, outputs, rundir, runlock
 from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import resume as resume_mod
 from winnow.pipeline import stats as stats_mod
@@ -35,9 +35,16 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     """Run ``cfg`` into ``out``; returns the stats dict also written to OUT/stats.json.
 
     ``fresh`` starts over in ``out``; ``resume="force"`` resumes there even after the pipeline changed
-    (only pieces whose fingerprints still match are reused). See ``pipeline/resume.py``.
+    (only pieces whose fingerprints still match are reused). See ``pipeline/resume.py``. The output's lock
+    is held throughout, ``--fresh``'s clearing included (one run per output directory; see runlock).
     """
     rundir.ensure_writable_dir(out)
+    with runlock.held(out):
+        return _execute(cfg, out, runner, address, progress, fresh, resume)
+
+
+def _execute(cfg: PipelineConfig, out: str, runner: str, address: str | None, progress: bool, fresh: bool,
+             resume: str) -> dict:
     shards = list_shards(cfg.input)
     stages = cfg.build_stages()
     input_report = check_input(stages, shards, cfg.columns)

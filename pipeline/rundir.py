@@ -84,6 +84,11 @@ def write_bytes_atomic(data: bytes, path: str) -> None:
     atomic_write(path, write)
 
 
+def lock_path(out: str) -> str:
+    """Held by the run writing ``out`` (pipeline/runlock.py): pid, host, start time of its process."""
+    return os.path.join(out, ".winnow.lock")
+
+
 def stage_context(out: str) -> StageContext:
     """What a stage may use of the run directory (given to it by ``setup``): its path and the writer."""
     return StageContext(run_dir=os.path.abspath(out), write_table=write_parquet_atomic)

@@ -88,6 +88,7 @@ class ClipEngine:
         self.text_batch = 512 if cuda else 64
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="winnow-decode")
         self.prefetch = ThreadPoolExecutor(1, thread_name_prefix="winnow-prefetch")
+        self._queued: set = set()  # decode futures of chunks being prepared (see _drop_queued)
         self._cpu_batches: dict = {}  # (preprocessing, turn parity) -> reused normalised batch (CPU device only)
         self._cpu_turns: dict = {}  # preprocessing -> chunks prepared so far
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -111,26 +112,41 @@ class ClipEngine:
         emb_rows, img_parts, txt_parts = [], [], []
         chunks = [todo[k:k + self.batch] for k in range(0, len(todo), self.batch)]
         pending = self.prefetch.submit(self._prepare, chunks[0], images, captions) if chunks else None
-        for c, chunk in enumerate(chunks):
-            current = pending
-            if c + 1 < len(chunks):
-                pending = self.prefetch.submit(self._prepare, chunks[c + 1], images, captions)
-            for rows, result in self._process(chunk, images, captions, current):
-                for i, reason in result["errors"].items():
-                    errors[rows[i]] = reason
-                ok_rows = [rows[p] for p in result["ok"]]
-                for col, vals in result["scores"].items():
-                    scores[col][ok_rows] = vals
-                if self.embeddings and ok_rows:
-                    emb_rows.extend(ok_rows)
-                    img_parts.append(result["image_emb"])
-                    txt_parts.append(result["text_emb"])
+        try:
+            for c, chunk in enumerate(chunks):
+                current = pending
+                if c + 1 < len(chunks):
+                    pending = self.prefetch.submit(self._prepare, chunks[c + 1], images, captions)
+                for rows, result in self._process(chunk, images, captions, current):
+                    for i, reason in result["errors"].items():
+                        errors[rows[i]] = reason
+                    ok_rows = [rows[p] for p in result["ok"]]
+                    for col, vals in result["scores"].items():
+                        scores[col][ok_rows] = vals
+                    if self.embeddings and ok_rows:
+                        emb_rows.extend(ok_rows)
+                        img_parts.append(result["image_emb"])
+                        txt_parts.append(result["text_emb"])
+        except BaseException:
+            self._drop_queued(pending)
+            raise
         out = Scored(scores, errors, np.array(sorted(emb_rows), dtype=np.int64))
         if self.embeddings and emb_rows:
             order = np.argsort(np.array(emb_rows))
             out.image_emb = np.concatenate(img_parts)[order]
             out.text_emb = np.concatenate(txt_parts)[order]
         return out
+
+    def _drop_queued(self, pending) -> None:
+        """Ctrl-C (or an error) mid-call: cancel the prefetched chunk and the decodes still queued.
+
+        Python joins these worker threads before the process exits, and each would first decode the
+        rest of its queue (two chunks: up to 512 images on a GPU worker), delaying the exit by that much.
+        """
+        if pending is not None:
+            pending.cancel()
+        for fut in list(self._queued):
+            fut.cancel()
 
     def _process(self, chunk, images, captions, prepared=None):
         """Yield (chunk rows, result) pairs; on CUDA OOM split the chunk in halves and retry."""
@@ -170,11 +186,15 @@ class ClipEngine:
                 else:
                     decoded[p] = jpeg_header.orient(img, infos[p].orientation) if self.exif else img
         cpu_out, errors = {}, {}
-        for p, fut in futures.items():
-            try:
-                cpu_out[p] = fut.result()
-            except K.DecodeError as exc:
-                errors[p] = f"decode:{exc.reason}"
+        self._queued.update(futures.values())  # cancellable by _drop_queued until this chunk is done
+        try:
+            for p, fut in futures.items():
+                try:
+                    cpu_out[p] = fut.result()
+                except K.DecodeError as exc:
+                    errors[p] = f"decode:{exc.reason}"
+        finally:
+            self._queued.difference_update(futures.values())
         ok = sorted(set(decoded) | set(cpu_out))
         prep = _Prepared(ok, errors)
         if not ok:
