@@ -22,6 +22,7 @@ import yaml
 from tests.conftest import REPO
 from tests.tiny_clip import tiny_checkpoint
 from winnow.pipeline.config import parse_pipeline
+from winnow.pipeline.inputs import list_shards
 from winnow.pipeline.run import execute
 from winnow.pipeline.tools.sample import write_sample
 
@@ -126,9 +127,10 @@ def _rerun_matches(root, out, runner, reference, log):
 def test_ctrl_c_while_clip_scores_local(setup, tmp_path):
     root, reference = setup
     out = tmp_path / "out"
-    first = os.path.join(out, "work", f"seg-{CLIP_SEG}", "part-00000.parquet")  # a shard scored, two to go
+    stems = [s.stem for s in list_shards(str(root / "pool"))]
+    first = os.path.join(out, "work", f"seg-{CLIP_SEG}", f"part-{stems[0]}.parquet")  # a shard scored, two to go
     _interrupt_while_scoring(root, out, "local", lambda: os.path.exists(first), tmp_path / "run.log")
-    assert not os.path.exists(os.path.join(out, "work", f"seg-{CLIP_SEG}", "part-00002.parquet"))
+    assert not os.path.exists(os.path.join(out, "work", f"seg-{CLIP_SEG}", f"part-{stems[2]}.parquet"))
     _rerun_matches(root, out, "local", reference, tmp_path / "rerun.log")
 
 

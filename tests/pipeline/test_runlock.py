@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -108,12 +107,15 @@ def test_lock_is_removed_after_a_run_and_after_a_failing_run(sample_dir, tmp_pat
     assert main(["stage", "basic_filter", "--input", str(sample_dir / "shard-00000.parquet"), "--output",
                  str(tmp_path / "ok"), "--quiet"]) == 0
     assert not (tmp_path / "ok" / LOCK).exists()
+    capsys.readouterr()  # the good run's summary lines
     bad = tmp_path / "in"
     bad.mkdir()
-    shutil.copy(sample_dir / "shard-00000.parquet", bad / "a.parquet")
-    (bad / "b.parquet").write_bytes(b"not parquet" * 10)  # read mid-run, after a.parquet is done
+    (bad / "a.jsonl").write_text('{"url": "http://h/1", "caption": "a photo of a dog"}\n')
+    # a broken Parquet footer would be caught before the run, and only the first text shard is read then:
+    # this one fails mid-run, after a.jsonl is done
+    (bad / "b.jsonl").write_text("not json\n")
     assert main(["stage", "basic_filter", "--input", str(bad), "--output", str(tmp_path / "bad"), "--quiet"]) == 2
-    assert "b.parquet" in _one_line(capsys.readouterr().err)
+    assert "b.jsonl" in _one_line(capsys.readouterr().err)
     assert (tmp_path / "bad" / "work").is_dir() and not (tmp_path / "bad" / LOCK).exists()
 
 
