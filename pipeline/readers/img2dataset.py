@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from winnow.pipeline.readers.layout import stem_of
+from winnow.pipeline.readers.layout import read_listing, stem_of
 from winnow.pipeline.readers.webdataset import IMAGE_EXTS
 from winnow.stages.download.reasons import classify
-from winnow.stages.errors import WinnowError
 
 STATUSES = {"success", "failed_to_download", "failed_to_resize"}
 ERROR_CHARS = 500  # as the download stage keeps them
@@ -39,13 +37,8 @@ def download_outcomes(table: pa.Table) -> tuple[list[str | None], list[str | Non
 def read_files(path: str) -> tuple[pa.Table, list[str | None]]:
     """img2dataset ``files``: ``00000.parquet`` lists the rows, ``00000/{key}.jpg`` (.txt, .json) hold the
     successes. A success whose image file is gone is that row's rejection (``missing_image_file``)."""
-    try:
-        meta = pq.read_table(path)
-    except Exception as exc:
-        raise WinnowError(f"input {path}: cannot be read as parquet ({str(exc).splitlines()[0]})") from None
-    if "key" not in meta.column_names:
-        raise WinnowError(f"input {path}: no 'key' column beside the folder {stem_of(path)}/: not img2dataset output")
     folder = stem_of(path)
+    meta = read_listing(path, f"the files in {folder}/")
     by_key: dict[str, tuple[str, str]] = {}
     for name in sorted(os.listdir(folder)):
         key, _, ext = name.partition(".")

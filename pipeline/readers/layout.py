@@ -12,6 +12,9 @@ import glob
 import os
 import re
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from winnow.stages.errors import WinnowError
 
 EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
@@ -119,3 +122,14 @@ def check_tar_has_sidecar(path: str) -> None:
         raise WinnowError(f"input {path}: no {os.path.basename(sidecar(path))} beside it, in an img2dataset output "
                           "folder (its failed rows are listed only there); the shard is incomplete: rerun "
                           "img2dataset on it or move the tar out")
+
+
+def read_listing(path: str, of: str) -> pa.Table:
+    """img2dataset's Parquet list of a shard's rows (every row, failures included, keyed by ``key``)."""
+    try:
+        meta = pq.read_table(path)
+    except Exception as exc:
+        raise WinnowError(f"input {path}: cannot be read as parquet ({str(exc).splitlines()[0]})") from None
+    if "key" not in meta.column_names:
+        raise WinnowError(f"input {path}: no 'key' column, so it is not img2dataset's list of {of}")
+    return meta

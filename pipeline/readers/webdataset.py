@@ -23,9 +23,8 @@ import tarfile
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from winnow.pipeline.readers.layout import sidecar
+from winnow.pipeline.readers.layout import read_listing, sidecar
 from winnow.stages.errors import WinnowError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "jxl", "avif", "heic")
@@ -115,12 +114,7 @@ def _sample_reason(members: dict[str, bytes] | None, truncated: bool) -> str | N
 
 
 def _with_sidecar(path: str, side: str, tar: TarSamples) -> tuple[pa.Table, list[str | None]]:
-    try:
-        meta = pq.read_table(side)
-    except Exception as exc:
-        raise WinnowError(f"input {side}: cannot be read as parquet ({str(exc).splitlines()[0]})") from None
-    if "key" not in meta.column_names:
-        raise WinnowError(f"input {side}: no 'key' column, so it is not img2dataset's list of {path}'s rows")
+    meta = read_listing(side, f"{path}'s rows")
     keys = meta["key"].to_pylist()
     listed = set(keys)
     extra = next((k for k in tar.samples if k not in listed), None)
