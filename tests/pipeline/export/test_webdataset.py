@@ -137,3 +137,23 @@ def test_caption_mix_output_is_the_training_caption_with_its_provenance(sample_d
         assert meta["caption"] == row["caption"] and meta["caption_synthetic"] == row["caption_synthetic"]
         sources.add(meta["caption_source"])
     assert sources == {"alt_text", "synthetic"}  # rows without a synthetic caption fall back to their alt-text
+
+
+def test_hugging_face_datasets_loads_the_webdataset_export(sample_dir, tmp_path):
+    """HF's webdataset builder wants every sample to have the same member names, so this pool is JPEG only
+    (a pool of mixed formats goes to HF through the parquet export; docs/export.md)."""
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets not installed (pinned in requirements)")
+    table = pq.read_table(sample_dir / "shard-00000.parquet")
+    jpeg = [bool(b) and b[:3] == b"\xff\xd8\xff" for b in table["image"].to_pylist()]
+    (tmp_path / "pool").mkdir()
+    pq.write_table(table.filter(pa.array(jpeg)), tmp_path / "pool" / "jpegs.parquet")
+    run_pipeline(tmp_path / "pool", tmp_path / "run")
+    export(tmp_path / "run", output="exports/wds", samples_per_shard=16)
+    rows = {sample_key(uid): row for uid, row in kept_rows(tmp_path / "run").items()}
+    ds = datasets.load_dataset("webdataset", data_files={"train": str(tmp_path / "run" / "exports" / "wds" / "*.tar")},
+                               split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert len(ds) == len(rows) > 10
+    for sample in ds:
+        row = rows[sample["__key__"]]
+        assert sample["txt"] == row["caption"] and sample["json"]["uid"] == row["uid"]
+        assert sample["jpg"].size == (row["width"], row["height"])
