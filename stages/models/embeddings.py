@@ -60,6 +60,19 @@ class EmbeddingSource:
             col = self._lookup(table["uid"])
         return list_to_matrix(col, self.where)
 
+    def raw(self, table: pa.Table) -> pa.Array:
+        """The stored list column for the table's rows, as stored (null where a uid has no embedding)."""
+        col = table[self.column] if self.column else self._lookup(table["uid"])
+        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+    @property
+    def dim(self) -> int | None:
+        """The embedding length when the side dataset's column is fixed-size (clip_score's is)."""
+        if self._side is None:
+            return None
+        typ = self._side.schema.field(self.field).type
+        return typ.list_size if pa.types.is_fixed_size_list(typ) else None
+
     def _lookup(self, uids: pa.ChunkedArray) -> pa.ChunkedArray:
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
