@@ -193,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_delegate("winnow.pipeline.tools.train_dfn"))
 
+    s = sub.add_parser("train-head", help="train an embedding head (linear/MLP) on cached embeddings and uid labels")
+    s.add_argument("--embeddings", required=True, help="a clip_score embeddings_dir (side dataset keyed by uid)")
+    s.add_argument("--labels", required=True, help="Parquet/CSV of uid,label (0/1) or uid,score")
+    s.add_argument("--output", required=True, help="head file to write (load it as head:winnow@FILE)")
+    s.add_argument("--kind", choices=["linear", "mlp"], default="linear")
+    s.add_argument("--steps", type=int, default=500)
+    s.add_argument("--holdout", type=float, default=0.2, help="held-out fraction (seeded split)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_delegate("winnow.pipeline.tools.train_head"))
+
     s = sub.add_parser("export", help="write a finished run's kept set as a training set")
     s.add_argument("run_dir")
     s.add_argument("--format", required=True, help="webdataset | datacomp-subset | parquet")

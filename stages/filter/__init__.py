@@ -2,4 +2,4 @@
 precomputed scores (`filter`).
 
 Imports only its stage modules (the registry collects their Stage subclasses)."""
-from winnow.stages.filter import basic, clip_score, rules  # noqa: F401
+from winnow.stages.filter import basic, clip_score, rules, score_embeddings  # noqa: F401

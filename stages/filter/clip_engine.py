@@ -48,8 +48,11 @@ def _is_oom(exc: BaseException) -> bool:
 class ClipEngine:
     def __init__(self, specs: dict[str, str], device: str = "auto", precision: str = "auto", model_batch: int = 0,
                  threads: int = 1, draft: bool = True, exif: bool = True, gpu_decode: bool = True,
-                 max_pixels: int = K.DEFAULT_MAX_PIXELS, embeddings: bool = False, allow_random: bool = False):
+                 max_pixels: int = K.DEFAULT_MAX_PIXELS, embeddings: bool = False, allow_random: bool = False,
+                 heads: dict | None = None):
         self.specs = dict(specs)  # column -> model spec; the first is the primary (embeddings, filter)
+        # head column -> (models/heads.Head, model column whose image embeddings it reads)
+        self.heads = dict(heads or {})
         self.device_name, self.precision_name = device, precision
         self.model_batch, self.threads = model_batch, max(1, threads)
         self.draft, self.exif, self.gpu_decode, self.max_pixels = draft, exif, gpu_decode, max_pixels
@@ -108,7 +111,7 @@ class ClipEngine:
             elif cap is None:
                 errors[i] = "caption_missing"
         todo = [i for i in range(n) if errors[i] is None]
-        scores = {col: np.full(n, np.nan, np.float32) for col in self.models}
+        scores = {col: np.full(n, np.nan, np.float32) for col in [*self.models, *self.heads]}
         emb_rows, img_parts, txt_parts = [], [], []
         chunks = [todo[k:k + self.batch] for k in range(0, len(todo), self.batch)]
         pending = self.prefetch.submit(self._prepare, chunks[0], images, captions) if chunks else None
@@ -274,8 +277,12 @@ class ClipEngine:
                 txt = self._encode_text(m, prep.tokens[self.tok_key[col]])
                 scores, a, b = paired_cosine(img, txt)
                 result["scores"][col] = scores.cpu().numpy()
+                heads = [(hcol, head) for hcol, (head, src) in self.heads.items() if src == col]
+                a16 = a.half().cpu().numpy() if heads or (k == 0 and self.embeddings) else None
+                for hcol, head in heads:  # the float16 numbers embeddings_dir stores: see models/heads.py
+                    result["scores"][hcol] = head(a16)
                 if k == 0 and self.embeddings:
-                    result["image_emb"] = a.half().cpu().numpy()
+                    result["image_emb"] = a16
                     result["text_emb"] = b.half().cpu().numpy()
         return result
 

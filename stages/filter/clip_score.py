@@ -8,7 +8,9 @@ add up and the threshold is the k-th largest grid value, k = ceil(keep_top x sco
 
 Columns: ``<column>`` (float32 cosine in [-1, 1]; column defaults to the stage name, with ``_score``
 appended unless it already ends so: ``clip_score`` -> clip_score, ``dfn`` -> dfn_score), one column
-per ``extra_models`` entry (scored from the same decoded pixels: several scorers decode once), and
+per ``extra_models`` entry (scored from the same decoded pixels: several scorers decode once), one
+float32 column per ``heads`` entry (an embedding head, models/heads.py, on the image embeddings of the
+stage model it was trained on: no extra decode, no extra encoder pass; docs/heads.md), and
 ``<column>_error`` (why a row could not be scored; such rows are rejected with that reason:
 ``decode:<reason>`` or ``caption_missing``). Rejections: ``below_min_score``, ``below_keep_top``.
 
@@ -50,6 +52,8 @@ def _params(model: str, keep_top: float) -> tuple[Param, ...]:
                                            "(0 = off)", min=0.0, max=1.0),
         Param("extra_models", dict, {}, "more scorers from the same decoded images: {column: model spec}; "
                                         "scores only, no filtering"),
+        Param("heads", dict, {}, "embedding heads on the same image embeddings: {column: head spec}, e.g. "
+                                 "{aesthetic: 'head:aesthetic-v2@/p.pth'}; one float32 column each (docs/heads.md)"),
         Param("embeddings_dir", str, "", "write float16 image/text embeddings keyed by uid here "
                                          "(relative = under the run output dir; '' = off)"),
         Param("device", str, "auto", "auto (cuda when available), cpu, cuda or cuda:N"),
@@ -94,10 +98,28 @@ class ClipScore(GlobalStage):
             if not isinstance(spec, str) or not col:
                 raise WinnowError(f"{where}: extra_models must map column names to model spec strings")
             models.parse_spec(spec, where=f"{where} parameter '{'model' if col == self.score_column else col}'")
+        self.head_specs = self._check_heads(where)
         if not _DEVICE.match(self.device):
             raise WinnowError(f"{where}: parameter 'device' must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         # gpus=None is resolved by the runner against the cluster; the device is picked in setup()
         self.resources = Resources(cpus=self.cpus, gpus=0.0 if self.device == "cpu" else self.config["gpus"])
+
+    def _check_heads(self, where: str) -> dict:
+        """head column -> (head spec, model column it reads); the head's model must be one of the stage's."""
+        from winnow.stages.models import heads as H
+
+        out = {}
+        for col, spec in self.heads.items():
+            if not isinstance(spec, str) or not col:
+                raise WinnowError(f"{where}: heads must map column names to head spec strings")
+            if col in self.model_columns or col == self.error_column or col in RESERVED:
+                raise WinnowError(f"{where}: head column '{col}' would overwrite a score or canonical column")
+            head = H.load_head(spec, where=f"{where} heads.{col}")
+            src = next((c for c, m in self.model_columns.items() if H.same_model(head.model, m)), None)
+            if src is None:
+                head.check(self.config["model"], None, f"{where} heads.{col}")  # raises, naming both models
+            out[col] = (spec, src)
+        return out
 
     def __getstate__(self):  # a set-up stage ships to workers without its models and threads
         state = dict(self.__dict__)
@@ -106,7 +128,8 @@ class ClipScore(GlobalStage):
         return state
 
     def produces(self) -> dict:
-        return {**{col: pa.float32() for col in self.model_columns}, self.error_column: pa.string()}
+        return {**{col: pa.float32() for col in [*self.model_columns, *self.head_specs]},
+                self.error_column: pa.string()}
 
     def setup(self) -> None:
         from winnow.stages.filter.clip_engine import ClipEngine, default_threads
@@ -115,8 +138,16 @@ class ClipScore(GlobalStage):
         self._engine = ClipEngine(self.model_columns, device=self.device, precision=self.precision,
                                   model_batch=self.model_batch, threads=default_threads(self.cpus), draft=self.draft,
                                   exif=self.exif_transpose, gpu_decode=self.gpu_decode, max_pixels=self.max_pixels,
-                                  embeddings=bool(self._emb_dir))
+                                  embeddings=bool(self._emb_dir), heads=self._load_heads())
         self._engine.setup()
+        for col, (head, src) in self._engine.heads.items():
+            head.check(self.model_columns[src], int(self._engine.models[src].model.visual.output_dim),
+                       f"stage '{self.instance_name}' heads.{col}")
+
+    def _load_heads(self) -> dict:
+        from winnow.stages.models import heads as H
+
+        return {col: (H.load_head(spec), src) for col, (spec, src) in self.head_specs.items()}
 
     def provenance(self) -> dict:
         from winnow.stages.models import clip as models
@@ -125,6 +156,12 @@ class ClipScore(GlobalStage):
         info = engine.provenance() if engine is not None else {c: models.describe(s)
                                                                for c, s in self.model_columns.items()}
         out = dict(info[self.score_column])
+        if self.head_specs:
+            from winnow.stages.models import heads as H
+
+            out["heads"] = {c: {"head": spec, "model": self.model_columns[src],
+                                "sha256": models.file_sha256(H.parse_head(spec).path)}
+                            for c, (spec, src) in self.head_specs.items()}
         if self.extra_models:
             out["extra_models"] = {c: v for c, v in info.items() if c != self.score_column}
         return out
