@@ -27,6 +27,7 @@ from winnow.stages.context import StageContext
 from winnow.stages.errors import WinnowError
 
 _RECORDED: set = set()  # (run dir, stage) this worker process has recorded its place for
+_NODE_IPS: dict = {}  # node id -> IP, as the GCS knows them (looked up once per worker process)
 
 
 class StepRunner:
@@ -91,9 +92,20 @@ def worker_place() -> dict:
     """Where this Ray worker runs: node IP, node id, and its GPUs as Ray assigned them ("gpu:0") or "cpu"."""
     import ray
 
+    node_id = ray.get_runtime_context().get_node_id()
     gpu_ids = ray.get_gpu_ids()
-    return {"node": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+    return {"node": _node_ip(node_id), "node_id": node_id,
             "device": ",".join(f"gpu:{g}" for g in gpu_ids) if gpu_ids else "cpu"}
+
+
+def _node_ip(node_id: str) -> str:
+    """The address the node registered with the GCS (``ray start --node-ip-address``); a worker's own
+    ``ray.util.get_node_ip_address()`` is the host's default route, which differs on multi-homed hosts."""
+    import ray
+
+    if node_id not in _NODE_IPS:
+        _NODE_IPS.update({n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()})
+    return _NODE_IPS.get(node_id) or ray.util.get_node_ip_address()
 
 
 def record_place(context: StageContext | None, stage_name: str, place: dict | None = None) -> None:
