@@ -277,3 +277,33 @@ def prune_outputs(out: str, stems: set[str], write_kept: bool) -> list[str]:
                 os.remove(os.path.join(path, name))
                 removed.append(os.path.join(folder, name))
     return removed
+
+
+# -- where workers ran (the Ray runner) ---------------------------------------------------------
+def workers_dir(out: str) -> str:
+    """One small JSON per worker process and stage: where it ran (node, device). Merged into stats.json."""
+    return os.path.join(out, "work", "workers")
+
+
+def record_worker(out: str, stage_name: str, entry: dict) -> None:
+    """Written by a worker when it first runs ``stage_name``: ``entry`` is {"node", "node_id", "device"}.
+    Named by node and process, so a process that runs the stage again overwrites its own entry."""
+    name = f"{stage_name}--{entry.get('node_id', '')[:16]}-{os.getpid()}.json"
+    write_json_atomic({"stage": stage_name, **entry}, os.path.join(workers_dir(out), name))
+
+
+def read_workers(out: str) -> dict[str, list[dict]]:
+    """stage name -> the distinct places its workers ran, sorted (node, device, node_id)."""
+    found: dict[str, set] = {}
+    folder = workers_dir(out)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".json"):
+            continue
+        try:
+            entry = read_json(os.path.join(folder, name))
+        except (OSError, ValueError):
+            continue
+        found.setdefault(entry["stage"], set()).add((entry.get("node", ""), entry.get("device", ""),
+                                                     entry.get("node_id", "")))
+    return {stage: [{"node": n, "device": d, "node_id": i} for n, d, i in sorted(places)]
+            for stage, places in found.items()}

@@ -6,6 +6,7 @@ module only says how to score or judge the live rows it is given. Stages never i
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -152,6 +153,28 @@ class Stage:
         return []
 
     # -- helpers ----------------------------------------------------------------------------
+    def gpus_given(self) -> bool:
+        """Call in ``setup()``: True when the runner placed this worker on GPUs (``context.gpus``), so the
+        stage must use CUDA; raises one line when it was given a GPU but sees no CUDA device, never
+        letting a GPU worker run on CPU unnoticed. False when it was given none (pick the device freely)."""
+        gpus = self.context.gpus
+        if not gpus:
+            return False
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        try:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        except ImportError:
+            cuda = False
+        if visible == "" or not cuda:
+            raise WinnowError(
+                f"stage '{self.instance_name}' was given {gpus:g} GPU on node {self.context.node or 'this worker'} "
+                f"but sees no CUDA device (CUDA_VISIBLE_DEVICES={visible!r}, torch.cuda.is_available() is "
+                f"{cuda}); give that node a working GPU and a CUDA build of torch, or run this stage on CPU "
+                "(device: cpu or gpus: 0)")
+        return True
+
     def ensure_setup(self, context: StageContext | None = None) -> None:
         """Set the stage up once per worker; ``context`` is what the runner owns (run directory, writer)."""
         if not self._ready:

@@ -17,3 +17,7 @@ class StageContext:
     run_dir: str | None = None  # the run's output directory, absolute
     # writes a table atomically at a path (the runner's writer, so side outputs land like its own files)
     write_table: Callable[[pa.Table, str], None] | None = None
+    # GPUs the runner reserved for this worker (the Ray runner's resolved Resources.gpus; 0 elsewhere) and
+    # the node it runs on, for messages: a stage given a GPU must use one, never fall back to CPU silently
+    gpus: float = 0.0
+    node: str = ""

@@ -95,7 +95,8 @@ def funnel_table(stats: dict, types: dict[str, str]) -> str:
         total_rej = sum(rej.values())
         rate = st.get("rows_per_s")
         out.append(f'<tr class="stage" data-stage="{escape(name)}" data-rows-in="{st["rows_in"]}" '
-                   f'data-kept="{st["kept"]}" data-rejected="{total_rej}"><td class="name">{escape(name)}</td>'
+                   f'data-kept="{st["kept"]}" data-rejected="{total_rej}"><td class="name"{_workers_title(st)}>'
+                   f'{escape(name)}</td>'
                    f'<td>{escape(types.get(name, ""))}</td><td class="num rows-in">{_n(st["rows_in"])}</td>'
                    f'<td class="num kept">{_n(st["kept"])}</td><td class="num rejected">{_n(total_rej)}</td>'
                    f'<td class="num">{_n(st.get("seconds", ""))}</td>'
@@ -109,6 +110,12 @@ def funnel_table(stats: dict, types: dict[str, str]) -> str:
                        f"{100 * share:.1f}% of stage input</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _workers_title(st: dict) -> str:
+    """Where a stage's Ray workers ran (stats.json ``workers``), as the stage name's tooltip."""
+    places = sorted({f"{w.get('node', '?')} {w.get('device', '?')}" for w in st.get("workers") or []})
+    return f' title="{escape("ran on: " + ", ".join(places))}"' if places else ""
 
 
 def config_block(pipeline: dict | None) -> str:

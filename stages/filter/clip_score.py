@@ -135,7 +135,10 @@ class ClipScore(GlobalStage):
         from winnow.stages.filter.clip_engine import ClipEngine, default_threads
 
         self._emb_dir = self._embeddings_path()
-        self._engine = ClipEngine(self.model_columns, device=self.device, precision=self.precision,
+        device = self.device
+        if self.gpus_given() and device == "auto":  # a worker given a GPU uses it (raises if it sees none)
+            device = "cuda"
+        self._engine = ClipEngine(self.model_columns, device=device, precision=self.precision,
                                   model_batch=self.model_batch, threads=default_threads(self.cpus), draft=self.draft,
                                   exif=self.exif_transpose, gpu_decode=self.gpu_decode, max_pixels=self.max_pixels,
                                   embeddings=bool(self._emb_dir), heads=self._load_heads())

@@ -8,6 +8,8 @@ columns: the runner's bookkeeping columns are taken off before and put back afte
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 
 import pyarrow as pa
@@ -18,10 +20,14 @@ from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import rundir
 from winnow.pipeline.inputs import Shard, read_shard
 from winnow.pipeline.plan import Step
-from winnow.pipeline.runners.ray_data import blocks
+from winnow.pipeline.runners.ray_data import blocks, session
 from winnow.stages.base import GroupStage, Resources, Stage
 from winnow.stages.columns import ensure_reject_columns
 from winnow.stages.context import StageContext
+from winnow.stages.errors import WinnowError
+
+_RECORDED: set = set()  # (run dir, stage) this worker process has recorded its place for
+_NODE_IPS: dict = {}  # node id -> IP, as the GCS knows them (looked up once per worker process)
 
 
 class StepRunner:
@@ -32,6 +38,7 @@ class StepRunner:
         self.stage, self.context = step.stage, step.context
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        record_place(self.context, self.stage.instance_name)
         view, internal = blocks.split_internal(batch)
         t0 = time.perf_counter()
         size = max(1, self.step.stage.batch_size)
@@ -53,6 +60,7 @@ class GroupRunner:
         self.stage, self.key, self.context = stage, key, context
 
     def __call__(self, group: pa.Table) -> pa.Table:
+        record_place(self.context, self.stage.instance_name)
         view, internal = blocks.split_internal(group)
         t0 = time.perf_counter()
         out = plan_mod.group_live_rows(self.stage, view, self.key)
@@ -60,22 +68,67 @@ class GroupRunner:
 
 
 class _ActorCall:
-    """Actor-pool worker: sets the stage up once, then serves batches."""
+    """Actor-pool worker: checks it got the GPUs it was placed for, sets the stage up once (its context
+    says how many GPUs it was given and on which node), records where it runs, then serves batches."""
 
-    def __init__(self, runner):
-        runner.stage.ensure_setup(runner.context)
+    def __init__(self, runner, gpus: float = 0.0):
+        place = worker_place()
+        name = runner.stage.instance_name
+        where = f"{place['node']} (node {place['node_id'][:12]})"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if gpus > 0 and (place["device"] == "cpu" or visible == ""):
+            raise WinnowError(f"stage '{name}' was given {gpus:g} GPU on node {where} but Ray assigned this "
+                              f"worker none (CUDA_VISIBLE_DEVICES={visible!r}); check the node's --num-gpus")
+        context = dataclasses.replace(runner.context or StageContext(), gpus=gpus, node=where)
+        runner.stage.ensure_setup(context)
+        record_place(runner.context, name, place)
         self.runner = runner
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.runner(batch)
 
 
+def worker_place() -> dict:
+    """Where this Ray worker runs: node IP, node id, and its GPUs as Ray assigned them ("gpu:0") or "cpu"."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    gpu_ids = ray.get_gpu_ids()
+    return {"node": _node_ip(node_id), "node_id": node_id,
+            "device": ",".join(f"gpu:{g}" for g in gpu_ids) if gpu_ids else "cpu"}
+
+
+def _node_ip(node_id: str) -> str:
+    """The address the node registered with the GCS (``ray start --node-ip-address``); a worker's own
+    ``ray.util.get_node_ip_address()`` is the host's default route, which differs on multi-homed hosts."""
+    import ray
+
+    if node_id not in _NODE_IPS:
+        _NODE_IPS.update({n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()})
+    return _NODE_IPS.get(node_id) or ray.util.get_node_ip_address()
+
+
+def record_place(context: StageContext | None, stage_name: str, place: dict | None = None) -> None:
+    """Once per worker process and stage: note where it runs under the run directory (stats.json's workers)."""
+    run_dir = context.run_dir if context is not None else None
+    if run_dir is None or (run_dir, stage_name) in _RECORDED:
+        return
+    rundir.record_worker(run_dir, stage_name, place or worker_place())
+    _RECORDED.add((run_dir, stage_name))
+
+
+def gpus_available(cluster: dict) -> float:
+    """GPUs the cluster has now or could get: the most its autoscaler's node types add (session.SCALABLE_GPU)."""
+    return max(float(cluster.get("GPU", 0) or 0), float(cluster.get(session.SCALABLE_GPU, 0) or 0))
+
+
 def resources(stage: Stage, cluster: dict) -> Resources:
     """The stage's resources with ``gpus=None`` ("a GPU per worker when there is one") resolved against
-    the cluster, never against the host that parsed the pipeline."""
+    the cluster (its GPUs now, or a GPU node type its autoscaler can add), never against the host that
+    parsed the pipeline."""
     res = stage.resources
     if res.gpus is None:
-        return Resources(cpus=res.cpus, gpus=1.0 if cluster.get("GPU") else 0.0)
+        return Resources(cpus=res.cpus, gpus=1.0 if gpus_available(cluster) else 0.0)
     return res
 
 
@@ -96,7 +149,7 @@ def pool_size(stage: Stage, cluster: dict) -> int:
     """Most actors the cluster can hold for this stage (its GPUs or its CPUs bound it)."""
     res = resources(stage, cluster)
     if res.gpus > 0:
-        return max(1, int(cluster.get("GPU", 0) // res.gpus))
+        return max(1, int(gpus_available(cluster) // res.gpus))
     return max(1, int(cluster.get("CPU", 1) // max(res.cpus, 0.01)))
 
 
@@ -123,7 +176,7 @@ def _ray_args(stage: Stage, cluster: dict, runner) -> dict:
     if uses_actors(stage):
         # a class per stage instance, so Ray's logs and stats name the stage
         cls = type(f"Stage_{stage.instance_name}", (_ActorCall,), {})
-        args.update(fn=cls, fn_constructor_args=(runner,),
+        args.update(fn=cls, fn_constructor_args=(runner, res.gpus),
                     compute=ActorPoolStrategy(min_size=1, max_size=pool_size(stage, cluster)))
     else:
         def run_task(batch, runner):

@@ -41,7 +41,7 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
     started = session.connect(address, min_cpus=max(adapter.cpus_needed(s.steps) for s in segments))
     try:
         cluster = session.cluster_resources()
-        _check_gpus(stages, cluster, embedded=started and not address)
+        _check_gpus(stages, cluster, embedded=started and not address, remote=bool(address))
         stats: dict[str, dict] = {}
         input_rows: dict[int, int] = {}
         for k, seg in enumerate(segments):
@@ -59,6 +59,9 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
                                                       fingerprints.barrier(k)))
                 name = seg.barrier.instance_name
                 stats[name] = stats_mod.merge(stats.get(name, {}), st)
+        for name, places in rundir.read_workers(out).items():  # where each stage's workers ran
+            if name in stats:
+                stats[name]["workers"] = places
         final = [rundir.final_part(out, len(segments) - 1, s.stem) for s in shards]
         return {"stages": stats, "final_parts": final, "input_rows": input_rows,
                 "outputs_in_pass": write_kept is not None and plan_mod.writes_outputs(segments, len(segments) - 1)}
@@ -67,14 +70,31 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
             session.shutdown()
 
 
-def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool) -> None:
+def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool, remote: bool = False) -> None:
+    """Stages that asked for GPUs against what the cluster has or its autoscaler can add; ``gpus: null``
+    stages are told when they run on CPU workers of a cluster (docs/ray.md, "GPUs")."""
     needy = [s.instance_name for s in stages if (s.resources.gpus or 0) > 0]
     if needy and not cluster.get("GPU"):
         if embedded:
             raise WinnowError(f"stage '{needy[0]}' needs a GPU and this machine has none visible to Ray; "
                               "run it on a cluster with GPU workers (--address) or pick a CPU setting")
-        print(f"winnow: warning: stage '{needy[0]}' needs a GPU and the cluster has none yet; it waits for "
-              "the autoscaler to add a GPU worker", file=sys.stderr)
+        if cluster.get(session.SCALABLE_GPU):
+            print(f"winnow: stage '{needy[0]}' needs a GPU and the cluster has none yet; it waits for the "
+                  "autoscaler to start a GPU node", file=sys.stderr)
+        elif cluster.get(session.AUTOSCALER):
+            print(f"winnow: warning: stage '{needy[0]}' needs a GPU and the cluster has none yet; it waits for "
+                  "the autoscaler to add a GPU worker (it does not say whether it has a GPU node type)",
+                  file=sys.stderr)
+        else:
+            raise WinnowError(f"stage '{needy[0]}' needs a GPU per worker and the cluster has no GPU node and "
+                              "no autoscaler to add one; add a GPU node or set gpus: null (or 0) to run on CPU")
+    auto = [s.instance_name for s in stages if s.resources.gpus is None]
+    if auto and remote and not adapter.gpus_available(cluster):
+        print(f"winnow: warning: stage '{auto[0]}' runs on CPU workers: the cluster has no GPU now and "
+              "no autoscaler GPU node type it knows of (gpus: 1 makes it wait for one)", file=sys.stderr)
+    elif auto and not cluster.get("GPU") and cluster.get(session.SCALABLE_GPU):
+        print(f"winnow: stage '{auto[0]}' takes 1 GPU per worker: the autoscaler has a GPU node type; "
+              "it waits for one to start", file=sys.stderr)
 
 
 # -- one segment -------------------------------------------------------------------------------

@@ -174,10 +174,54 @@ def shutdown() -> None:
     ray.shutdown()
 
 
+# Keys cluster_resources() adds beside Ray's own: whether an autoscaler runs, and the most GPUs its node
+# types could add (0 when it has no GPU node type or does not say which node types it has).
+AUTOSCALER = "winnow:autoscaler"
+SCALABLE_GPU = "winnow:autoscaler_GPU"
+_MAX_SCALABLE = 1024.0  # an unbounded GPU node type (max_workers -1) still sizes a finite actor pool
+
+
 def cluster_resources() -> dict:
+    """Ray's cluster resources now, plus what its autoscaler can add (``autoscaler_view``)."""
     import ray
 
-    return dict(ray.cluster_resources())
+    return {**ray.cluster_resources(), **autoscaler_view()}
+
+
+def autoscaler_view() -> dict:
+    """What the connected cluster's autoscaler can add, as far as Ray 2.x says.
+
+    Autoscaler v2 (KubeRay, ``RAY_enable_autoscaler_v2=1``, Anyscale) reports its node types to the GCS
+    (``ray._private.state.state.get_cluster_config()``, which Ray Data's own autoscaler reads): from it,
+    the most GPUs its node types add. The v1 autoscaler (``ray up``) reports no node types' resources,
+    only a status in the GCS's internal KV: then we know one runs, not what it can add. A cluster of
+    ``ray start`` nodes has a status too, from a read-only monitor whose node types are its nodes: what
+    it has now is all it will have.
+    """
+    try:
+        from ray._private import state
+
+        most = state.state.get_max_resources_from_cluster_config()
+    except Exception:  # an older or newer Ray without it: say nothing rather than guess
+        most = None
+    if most is not None:
+        return {AUTOSCALER: 1.0, SCALABLE_GPU: min(float(most.get("GPU", 0) or 0), _MAX_SCALABLE)}
+    try:
+        import json
+
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
+    except Exception:
+        return {}
+    # `ray start --head` runs the v1 monitor too, with a read-only provider that names each node type after
+    # its node ("node_<id>"): that is a fixed set of nodes, not an autoscaler that can add any.
+    mapping = report.get("node_type_mapping") or {}
+    if not report or all(kind == f"node_{node}" for node, kind in mapping.items()):
+        return {}
+    return {AUTOSCALER: 1.0}
 
 
 def remote_task(fn):

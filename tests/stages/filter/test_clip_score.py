@@ -316,3 +316,16 @@ def test_ray_runner_gives_the_local_decisions(ray_local, tiny, sample_dir, tmp_p
         (runs["ray"] / "artifacts" / "clip_score.json").read_text()
     emb = {r: sorted(pq.read_table(runs[r] / "emb")["uid"].to_pylist()) for r in runs}
     assert emb["local"] == emb["ray"] and len(emb["ray"]) > 150
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a worker without CUDA")
+def test_a_worker_given_a_gpu_without_cuda_fails_in_one_line(tiny):
+    """device: auto on a worker the runner gave a GPU must use CUDA: no silent fallback to CPU."""
+    from winnow.stages.context import StageContext
+
+    with pytest.raises(WinnowError, match=r"^stage 'clip_score' was given 1 GPU on node 10\.0\.0\.9 \(node ab12\) but "
+                                          r"sees no CUDA device"):
+        ClipScore(model=tiny).ensure_setup(StageContext(gpus=1.0, node="10.0.0.9 (node ab12)"))
+    stage = ClipScore(model=tiny)
+    stage.ensure_setup(StageContext(gpus=0.0))  # given none: device auto picks what the worker has
+    assert stage._engine.device.type == "cpu"
