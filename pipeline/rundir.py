@@ -189,11 +189,11 @@ def save_artifact(stage, artifact: dict, out: str, fingerprint: str) -> None:
 
 
 def manifest_part(out: str, stem: str) -> str:
-    return os.path.join(out, "manifest", f"part-{stem}.parquet")
+    return os.path.join(manifest_dir(out), f"part-{stem}.parquet")
 
 
 def kept_part(out: str, stem: str) -> str:
-    return os.path.join(out, "kept", f"part-{stem}.parquet")
+    return os.path.join(kept_dir(out), f"part-{stem}.parquet")
 
 
 def manifest_dir(out: str) -> str:
@@ -267,9 +267,8 @@ def prune_outputs(out: str, stems: set[str], write_kept: bool) -> list[str]:
     and the whole kept set when this run writes none (whether it does is not part of the fingerprint:
     it changes which outputs exist, never a decision)."""
     removed = []
-    for folder in ("manifest", "kept"):
-        keep = stems if folder == "manifest" or write_kept else set()
-        path = os.path.join(out, folder)
+    for path, keep in ((manifest_dir(out), stems), (kept_dir(out), stems if write_kept else set())):
+        folder = os.path.basename(path)
         for name in sorted(os.listdir(path)) if os.path.isdir(path) else []:
             stem = name[len("part-"):-len(".parquet")] if name.startswith("part-") and name.endswith(".parquet") \
                 else None
