@@ -1,0 +1,391 @@
+"""One filesystem layer for every data path: local disk, ``s3://`` (and S3-compatible stores), ``gs://``,
+and any fsspec URL (``hf://``, ``memory://``, ...) for reading.
+
+Paths stay strings all the way through winnow (a local path or a URL), and every reader and writer of data
+(inputs, run directories, exports, side datasets) calls this module instead of ``os``/``open``/``glob``.
+It is built on ``pyarrow.fs``: Arrow's own S3/GCS clients are what winnow's Parquet reads and writes use
+anyway (no second copy of the bytes through Python), they retry with bounded backoff, and fsspec
+filesystems plug in through ``PyFileSystem(FSSpecHandler)`` for the schemes Arrow lacks.
+
+Object stores have no rename. ``atomic_write`` writes a local temp file and then uploads it in one PUT
+(a multipart upload completes atomically), so an object is either whole or absent; a completion marker
+written after its piece is therefore the last object of that piece. Existence of a marker is asked of the
+object itself (``exists``: a HEAD), never read from a listing.
+
+Endpoints: ``configure(endpoint_url=...)`` (the pipeline's ``storage:`` key), else ``AWS_ENDPOINT_URL_S3``,
+else ``AWS_ENDPOINT_URL``, as boto3 and the AWS CLI read them. Credentials come from the AWS chain
+(environment, config files, instance role), which Arrow's AWS SDK walks itself.
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+import json
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from winnow.stages.errors import WinnowError
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+RETRIES = 5  # bounded: Arrow's standard AWS retry strategy backs off exponentially between attempts
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a process needs to reach the stores; shipped to Ray workers with the work (``apply``)."""
+
+    endpoint_url: str = ""
+    region: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_settings = Settings()
+_filesystems: dict[tuple, pafs.FileSystem] = {}
+
+
+def configure(endpoint_url: str = "", region: str = "") -> Settings:
+    """Set this process's store settings (empty values fall back to the AWS environment variables)."""
+    global _settings
+    _settings = Settings(endpoint_url or "", region or "")
+    _filesystems.clear()
+    return _settings
+
+
+def current() -> Settings:
+    """The settings in force, the environment's endpoint resolved in, so a worker gets the driver's view."""
+    env = os.environ
+    endpoint = _settings.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL", "")
+    return Settings(endpoint, _settings.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION", ""))
+
+
+def apply(settings: Settings) -> None:
+    """On a worker: take the driver's settings (a no-op when they are already in force)."""
+    if settings != _settings:
+        configure(settings.endpoint_url, settings.region)
+
+
+# -- paths ------------------------------------------------------------------------------------------
+def scheme(path: str) -> str:
+    m = _URL.match(path)
+    return m.group(1).lower() if m else ""
+
+
+def is_remote(path: str) -> bool:
+    return scheme(path) not in ("", "file")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if is_remote(base) else os.path.join(_local(base), *parts)
+
+
+def abspath(path: str) -> str:
+    return path.rstrip("/") if is_remote(path) else os.path.abspath(_local(path))
+
+
+def isabs(path: str) -> bool:
+    return is_remote(path) or os.path.isabs(_local(path))
+
+
+def relpath(path: str, root: str) -> str:
+    if is_remote(path):
+        root = root.rstrip("/") + "/"
+        return path[len(root):] if path.startswith(root) else path
+    return os.path.relpath(_local(path), _local(root))
+
+
+def _endpoint(url: str) -> tuple[str, str]:
+    """(scheme, host:port) Arrow wants from an endpoint URL."""
+    m = re.match(r"^(https?)://([^/]+)", url)
+    return (m.group(1), m.group(2)) if m else ("https", url)
+
+
+def _s3(bucket: str) -> pafs.FileSystem:
+    s = current()
+    kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=RETRIES),
+              "connect_timeout": 10, "request_timeout": 60}
+    if s.endpoint_url:
+        kwargs["scheme"], kwargs["endpoint_override"] = _endpoint(s.endpoint_url)
+        kwargs["force_virtual_addressing"] = False
+    kwargs["region"] = s.region or "us-east-1"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or URL; filesystems are made once per process."""
+    sch = scheme(path)
+    if sch in ("", "file"):
+        fs = _filesystems.setdefault(("local",), pafs.LocalFileSystem())
+        return fs, os.path.abspath(_local(path))
+    rest = path[len(sch) + 3:]
+    if sch in ("s3", "s3a"):
+        key = ("s3", current())
+        if key not in _filesystems:
+            _filesystems[key] = _s3(rest.split("/", 1)[0])
+        return _filesystems[key], rest.rstrip("/")
+    if sch in ("gs", "gcs"):
+        return _filesystems.setdefault(("gcs",), pafs.GcsFileSystem()), rest.rstrip("/")
+    try:
+        import fsspec
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        key = ("fsspec", sch)
+        if key not in _filesystems:
+            _filesystems[key] = PyFileSystem(FSSpecHandler(fsspec.filesystem(sch)))
+        return _filesystems[key], fsspec.get_filesystem_class(sch)._strip_protocol(path)
+    except (ImportError, ValueError) as exc:
+        raise WinnowError(f"{path}: no filesystem for the scheme '{sch}://' ({exc})") from None
+
+
+# -- errors -----------------------------------------------------------------------------------------
+def reason(exc: BaseException) -> str:
+    """A store's error as a short phrase: the AWS error name when there is one, else the first line."""
+    text = str(exc)
+    gave_up = f"(gave up after {RETRIES} attempts)"
+    for pattern, phrase in ((r"NoSuchBucket|bucket does not exist", "no such bucket"),
+                            (r"InvalidAccessKeyId|SignatureDoesNotMatch|AUTHENTICATION|credentials",
+                             "credentials refused"),
+                            (r"ACCESS_DENIED|AccessDenied|Forbidden|HTTP status 403", "access denied"),
+                            (r"Couldn't connect|Connection refused|NETWORK_CONNECTION|Could not connect|"
+                             r"curlCode: 7", "cannot connect to the endpoint"),
+                            (r"SLOW_DOWN|SlowDown|503|THROTTL|Throttl", f"the store is throttling {gave_up}"),
+                            (r"HTTP status 5\d\d|INTERNAL_FAILURE|InternalError", f"the store failed {gave_up}")):
+        if re.search(pattern, text):
+            return phrase
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def error(path: str, what: str, exc: BaseException) -> WinnowError:
+    return WinnowError(f"{what} {path}: {reason(exc)}")
+
+
+# -- queries ----------------------------------------------------------------------------------------
+def info(path: str) -> pafs.FileInfo:
+    fs, p = resolve(path)
+    return fs.get_file_info(p)
+
+
+def exists(path: str) -> bool:
+    """Asked of the object itself (a HEAD on a store), never of a listing."""
+    if not is_remote(path):
+        return os.path.exists(_local(path))
+    return info(path).type != pafs.FileType.NotFound
+
+
+def isfile(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(_local(path))
+    return info(path).type == pafs.FileType.File
+
+
+def isdir(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isdir(_local(path))
+    return info(path).type == pafs.FileType.Directory
+
+
+def getsize(path: str) -> int:
+    if not is_remote(path):
+        return os.path.getsize(_local(path))
+    return info(path).size
+
+
+def listdir(path: str) -> list[str]:
+    """Names directly under ``path`` (files and folders), sorted; [] when it does not exist."""
+    if not is_remote(path):
+        return sorted(os.listdir(_local(path))) if os.path.isdir(_local(path)) else []
+    fs, p = resolve(path)
+    entries = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(posixpath.basename(e.path.rstrip("/")) for e in entries)
+
+
+def list_files(path: str, recursive: bool = False) -> list[str]:
+    """Full paths of the files under ``path`` (as ``path`` spells them), sorted."""
+    if not is_remote(path):
+        root = _local(path)
+        if not os.path.isdir(root):
+            return []
+        if not recursive:
+            return sorted(os.path.join(root, n) for n in os.listdir(root) if os.path.isfile(os.path.join(root, n)))
+        return sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
+    fs, p = resolve(path)
+    entries = fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True))
+    return sorted(_url_of(path, e.path) for e in entries if e.type == pafs.FileType.File)
+
+
+def _url_of(like: str, inner: str) -> str:
+    """A path inside a store's filesystem back as a URL spelled like ``like``."""
+    return f"{scheme(like)}://{inner.lstrip('/')}" if scheme(like) in ("s3", "s3a", "gs", "gcs") \
+        else f"{scheme(like)}://{inner}"
+
+
+def glob(pattern: str) -> list[str]:
+    """Files matching a glob (``*``, ``?``, ``[...]``); on a store, the prefix before the first wildcard
+    is listed and matched, ``**`` crossing folders as ``*`` does in fnmatch."""
+    if not is_remote(pattern):
+        return sorted(p for p in globlib.glob(_local(pattern), recursive=True) if os.path.isfile(p))
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    base = head.rsplit("/", 1)[0]
+    deep = pattern[len(base):].count("/") > 1 or "**" in pattern
+    return [p for p in list_files(base, recursive=deep) if fnmatch.fnmatchcase(p, pattern)]
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def open_input(path: str, seekable: bool = True):
+    """A binary file object for reading (random access for Parquet footers, streaming for tars)."""
+    if not is_remote(path):
+        return open(_local(path), "rb")
+    fs, p = resolve(path)
+    return fs.open_input_file(p) if seekable else fs.open_input_stream(p)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_input(path, seekable=False) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def read_json(path: str):
+    return json.loads(read_bytes(path))
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    if not is_remote(path):
+        return pq.read_table(_local(path), columns=columns)
+    fs, p = resolve(path)
+    return pq.read_table(p, columns=columns, filesystem=fs)
+
+
+def parquet_file(path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(open_input(path) if is_remote(path) else _local(path))
+
+
+def read_schema(path: str) -> pa.Schema:
+    return parquet_file(path).schema_arrow
+
+
+def read_metadata(path: str) -> pq.FileMetaData:
+    return parquet_file(path).metadata
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def makedirs(path: str) -> None:
+    """Local folders are made; a store has none (a prefix exists once an object is under it)."""
+    if not is_remote(path):
+        os.makedirs(_local(path), exist_ok=True)
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` writes a local file; then it becomes ``path`` in one step: a rename on local disk,
+    one upload on a store (the object appears whole when the upload completes, or not at all). A failure
+    is one line naming ``path``, and nothing half-written is left under the final name."""
+    if not is_remote(path):
+        local = _local(path)
+        tmp = f"{local}.tmp-{os.getpid()}"
+        try:
+            os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+            write(tmp)
+            os.replace(tmp, local)
+        except OSError as exc:
+            _discard(tmp)
+            raise WinnowError(f"output {path}: cannot write ({reason(exc)})") from None
+        return
+    fd, tmp = tempfile.mkstemp(prefix="winnow-upload-")
+    os.close(fd)
+    try:
+        write(tmp)
+        fs, p = resolve(path)
+        pafs.copy_files(tmp, p, source_filesystem=resolve(tmp)[0], destination_filesystem=fs)
+    except OSError as exc:
+        raise WinnowError(f"output {path}: cannot write ({reason(exc)})") from None
+    finally:
+        _discard(tmp)
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.remove(tmp)
+    except OSError:
+        pass
+
+
+def write_bytes(data: bytes, path: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
+
+
+def write_json(obj, path: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+
+    atomic_write(path, write)
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def remove(path: str) -> None:
+    """Remove a file or object; gone already is fine."""
+    if not is_remote(path):
+        try:
+            os.remove(_local(path))
+        except FileNotFoundError:
+            pass
+        return
+    fs, p = resolve(path)
+    try:
+        fs.delete_file(p)
+    except FileNotFoundError:
+        pass
+
+
+def rmtree(path: str) -> None:
+    """Remove a folder (a prefix on a store) and everything under it; absent is fine."""
+    if not is_remote(path):
+        if os.path.isdir(_local(path)):
+            shutil.rmtree(_local(path))
+        return
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        fs.delete_dir(p)
+
+
+def ensure_writable(path: str) -> None:
+    """Fail early, in one line naming the output, when it cannot be written (a probe object or file)."""
+    probe = join(path, f".write-test-{os.getpid()}")
+    try:
+        if not is_remote(path):
+            os.makedirs(_local(path), exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=_local(path), prefix=".write-test-", delete=True):
+                pass
+            return
+        fs, p = resolve(probe)
+        with fs.open_output_stream(p) as f:
+            f.write(b"")
+        fs.delete_file(p)
+    except OSError as exc:
+        raise WinnowError(f"output {path}: not writable ({reason(exc)})") from None
