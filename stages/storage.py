@@ -201,9 +201,18 @@ def isdir(path: str) -> bool:
 
 
 def getsize(path: str) -> int:
+    return stat(path)[0]
+
+
+def stat(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file or object (a store keeps seconds)."""
     if not is_remote(path):
-        return os.path.getsize(_local(path))
-    return info(path).size
+        st = os.stat(_local(path))
+        return st.st_size, st.st_mtime_ns
+    i = info(path)
+    if i.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(2, "No such file or directory", path)
+    return i.size or 0, i.mtime_ns or 0
 
 
 def listdir(path: str) -> list[str]:
@@ -213,6 +222,16 @@ def listdir(path: str) -> list[str]:
     fs, p = resolve(path)
     entries = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     return sorted(posixpath.basename(e.path.rstrip("/")) for e in entries)
+
+
+def list_entries(path: str) -> dict[str, bool]:
+    """What is directly under a folder, in one listing: full path (as ``path`` spells it) -> is a folder."""
+    if not is_remote(path):
+        root = _local(path)
+        return {os.path.join(root, n): os.path.isdir(os.path.join(root, n)) for n in sorted(os.listdir(root))}
+    fs, p = resolve(path)
+    entries = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return {_url_of(path, e.path): e.type == pafs.FileType.Directory for e in sorted(entries, key=lambda e: e.path)}
 
 
 def list_files(path: str, recursive: bool = False) -> list[str]:
