@@ -39,6 +39,7 @@ class Filter(GlobalStage):
     )
     resources = Resources(cpus=1)
     batch_size = 16384  # metadata rows are small
+    reads_image = ()  # unless the predicate names image (validate)
 
     def validate(self) -> None:
         where = f"stage '{self.instance_name}'"
