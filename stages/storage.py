@@ -313,11 +313,25 @@ def read_json(path: str):
     return json.loads(read_bytes(path))
 
 
-def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(path: str, columns: list[str] | None = None, filters=None) -> pa.Table:
     if not is_remote(path):
-        return pq.read_table(_local(path), columns=columns)
+        return pq.read_table(_local(path), columns=columns, filters=filters)
     fs, p = resolve(path)
-    return pq.read_table(p, columns=columns, filesystem=fs)
+    return pq.read_table(p, columns=columns, filters=filters, filesystem=fs)
+
+
+def dataset(path: str):
+    """A ``pyarrow.dataset`` of Parquet at a file, folder or glob, on any filesystem this module reaches."""
+    import pyarrow.dataset as ds
+
+    if any(ch in path for ch in "*?["):
+        files = glob(path)
+        if not files:
+            raise FileNotFoundError(2, "no Parquet files match", path)
+        fs = resolve(files[0])[0]
+        return ds.dataset([resolve(f)[1] for f in files], filesystem=fs, format="parquet")
+    fs, p = resolve(path)
+    return ds.dataset(p, filesystem=fs, format="parquet")
 
 
 def parquet_file(path: str) -> pq.ParquetFile:
