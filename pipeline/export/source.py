@@ -37,9 +37,21 @@ def read_record(run_dir: str, path: str) -> dict:
         raise WinnowError(f"run directory {run_dir}: cannot read {os.path.basename(path)} ({exc})") from None
 
 
-def parquet_files(folder: str) -> list[str]:
-    """A run's parts in name order: the export order when not shuffled (names follow the input shards)."""
-    return sorted(storage.join(folder, n) for n in storage.listdir(folder) if n.endswith(".parquet"))
+def parquet_files(folder: str, record: dict | None = None) -> list[str]:
+    """A run's parts in name order: the export order when not shuffled (names follow the input shards).
+
+    With the run's record, the parts are the ones its input listing names, each asked for by name: a
+    store's listing may lag behind its writes, and a part missing from a listing would silently shrink
+    the export. A part the record names that is absent is one line."""
+    stems = [i.get("stem") for i in (record or {}).get("inputs", [])]
+    if not stems or not all(stems):
+        return sorted(storage.join(folder, n) for n in storage.listdir(folder) if n.endswith(".parquet"))
+    parts = sorted(storage.join(folder, f"part-{stem}.parquet") for stem in stems)
+    missing = next((p for p in parts if not storage.exists(p)), None)
+    if missing:
+        raise WinnowError(f"run directory: {missing} is missing, though the run's pipeline.json lists its shard; "
+                          "rerun the pipeline to rewrite it")
+    return parts
 
 
 def sample_key(uid: str) -> str:
@@ -80,7 +92,7 @@ class KeptSet:
         if not storage.isdir(folder) or not self.record.get("config", {}).get("write_kept", True):
             raise WinnowError(f"run directory {run_dir}: no kept set (kept/); this export needs the kept rows "
                               f"with image bytes: rerun with write_kept: true (`winnow stage ... --kept`)")
-        self.run_dir, self.parts = run_dir, parquet_files(folder)
+        self.run_dir, self.parts = run_dir, parquet_files(folder, self.record)
         schemas = [storage.read_schema(p) for p in self.parts]
         self.schema = schemas[0] if schemas else pa.schema([])
         self.counts = [storage.read_metadata(p).num_rows for p in self.parts]
