@@ -37,6 +37,8 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     (only pieces whose fingerprints still match are reused). See ``pipeline/resume.py``. The output's lock
     is held throughout, ``--fresh``'s clearing included (one run per output directory; see runlock).
     """
+    if cfg.storage:
+        storage.configure(**cfg.storage)
     rundir.ensure_writable_dir(out)
     with runlock.held(out):
         return _execute(cfg, out, runner, address, progress, fresh, resume)

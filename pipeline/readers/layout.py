@@ -99,8 +99,11 @@ def _list_paths(spec: str) -> tuple[str, list[tuple[str, str]]]:
         if not format_of(spec):
             raise WinnowError(f"input {spec}: unsupported file type; use .parquet, .csv, .tsv, .jsonl or .tar")
         root, found = os.path.dirname(spec) or ".", [shard_of(spec)]
+    elif storage.is_remote(spec) and not storage.exists(spec.split("://", 1)[0] + "://" + _bucket(spec)):
+        raise WinnowError(f"input {spec}: no such bucket '{_bucket(spec)}'")
     else:
-        raise WinnowError(f"input {spec}: no such file or directory")
+        raise WinnowError(f"input {spec}: no such file or directory" if not storage.is_remote(spec) else
+                          f"input {spec}: no object or prefix of that name")
     paths = sorted({f for f in found if f})
     if not paths:
         hint = ("; a DataComp pool keeps its tars in shards/: use --input " + storage.join(spec, "shards")
@@ -110,6 +113,10 @@ def _list_paths(spec: str) -> tuple[str, list[tuple[str, str]]]:
         if fmt == "webdataset":
             check_tar_has_sidecar(path)
     return root, paths
+
+
+def _bucket(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0]
 
 
 def _braced(spec: str) -> tuple[str, list]:
