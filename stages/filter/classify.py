@@ -129,18 +129,21 @@ class ImageClassify(MapStage):
 
     # -- scoring ------------------------------------------------------------------------------------
     def process_batch(self, table: pa.Table) -> pa.Table:
+        import torch
+
         images = table["image"].to_pylist()
         n = len(images)
         probs = np.full((n, len(self._clf.id2label)), np.nan, np.float32)
         reasons: list = [None] * n
         chunks = [range(k, min(k + self._chunk, n)) for k in range(0, n, self._chunk)]
-        # the next chunk decodes in the pool while this one runs through the model
-        pending = [self._pool.submit(self._prepare_one, images[i]) for i in chunks[0]] if chunks else []
+
+        def submit(c: int) -> list:
+            return [self._pool.submit(self._prepare_one, images[i]) for i in chunks[c]] if c < len(chunks) else []
+
+        current, pending = [], submit(0)
         try:
             for c, rows in enumerate(chunks):
-                current = pending
-                pending = [self._pool.submit(self._prepare_one, images[i]) for i in chunks[c + 1]] \
-                    if c + 1 < len(chunks) else []
+                current, pending = pending, submit(c + 1)  # the next chunk decodes while this one is scored
                 ok, pixels = [], []
                 for i, fut in zip(rows, current):
                     out = fut.result()
@@ -150,11 +153,9 @@ class ImageClassify(MapStage):
                         ok.append(i)
                         pixels.append(out)
                 if ok:
-                    import torch
-
                     probs[ok] = self._clf.probabilities(torch.stack(pixels))
         except BaseException:  # Ctrl-C or an error: do not decode the rest of the queue first
-            for fut in pending:
+            for fut in current + pending:
                 fut.cancel()
             raise
         for col, idx in self._columns.items():

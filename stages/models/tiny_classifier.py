@@ -25,11 +25,13 @@ def _read(arch: str, name: str) -> dict:
         return json.load(f)
 
 
-def build_tiny_classifier(arch: str, out_dir: str, seed: int = 0, overrides: dict | None = None) -> str:
+def build_tiny_classifier(arch: str, out_dir: str, seed: int = 0, overrides: dict | None = None,
+                          image_overrides: dict | None = None) -> str:
     """Build ``arch`` with random weights (seeded), save model + image processor to ``out_dir``; returns it.
 
-    ``overrides`` updates the model config (e.g. another ``id2label`` or ``problem_type``). A directory
-    that already holds a finished build of the same arch, seed and overrides is reused.
+    ``overrides`` updates the model config (e.g. another ``id2label`` or ``problem_type``; the benchmark
+    scales the same architecture to ViT-B/16 this way), ``image_overrides`` the image-processor config. A
+    directory that already holds a finished build of the same arch, seed and overrides is reused.
     """
     import torch
     import transformers
@@ -38,7 +40,8 @@ def build_tiny_classifier(arch: str, out_dir: str, seed: int = 0, overrides: dic
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown tiny classifier '{arch}'; choose from {', '.join(ARCHITECTURES)}")
     marker = os.path.join(out_dir, MARKER)
-    stamp = (f"random-weight {arch} (seed {seed}, overrides {json.dumps(overrides or {}, sort_keys=True)}) built by "
+    extra = json.dumps([overrides or {}, image_overrides or {}], sort_keys=True)
+    stamp = (f"random-weight {arch} (seed {seed}, overrides {extra}) built by "
              "stages/models/tiny_classifier.py: NOT a real classifier\n")
     if os.path.exists(marker) and open(marker, encoding="utf-8").read() == stamp:
         return out_dir
@@ -49,7 +52,7 @@ def build_tiny_classifier(arch: str, out_dir: str, seed: int = 0, overrides: dic
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForImageClassification.from_config(config)
-    pp = _read(arch, "preprocessor_config.json")
+    pp = {**_read(arch, "preprocessor_config.json"), **(image_overrides or {})}
     processor = getattr(transformers, pp.pop("image_processor_type"))(**pp)
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)

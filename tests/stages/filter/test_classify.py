@@ -224,6 +224,23 @@ def test_set_up_stage_pickles_for_workers(tiny_clf, coco_dir):
     assert classify(clone, table)["pwatermark"].to_pylist() == before
 
 
+@pytest.mark.ray
+def test_ray_runner_gives_the_local_scores_and_decisions(ray_local, tiny_clf, sample_dir, tmp_path):
+    """Pickled to an actor pool, resources resolved by the runner, provenance from the driver: as local."""
+    runs = {}
+    for runner in ("local", "ray"):
+        cfg = parse_pipeline({"input": str(sample_dir / "shard-00001.parquet"), "stages": [
+            {"stage": "image_classify", "model": tiny_clf, "labels": LABELS, "reject_above": {"pwatermark": 0.5},
+             "cpus": 1}]})
+        execute(cfg, str(tmp_path / runner), runner=runner, progress=False)
+        runs[runner] = pq.read_table(tmp_path / runner / "manifest").sort_by("uid")
+    assert runs["local"]["reject_reason"].to_pylist() == runs["ray"]["reject_reason"].to_pylist()
+    np.testing.assert_allclose(runs["ray"]["pwatermark"].to_numpy(zero_copy_only=False),
+                               runs["local"]["pwatermark"].to_numpy(zero_copy_only=False), atol=1e-6, equal_nan=True)
+    info = json.loads((tmp_path / "ray" / "pipeline.json").read_text())["models"]["image_classify"]
+    assert info["revision"].startswith("local:sha256:")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a worker without CUDA")
 def test_a_worker_given_a_gpu_without_cuda_fails_in_one_line(tiny_clf):
     with pytest.raises(WinnowError, match=r"^stage 'image_classify' was given 1 GPU on node 10\.0\.0\.9 but sees no "

@@ -52,7 +52,8 @@ def test_an_uncached_hub_id_is_unresolved_not_fetched():
 
 def test_label_indices_list_the_models_labels():
     assert HF.label_indices({"p": "nsfw"}, {0: "sfw", 1: "nsfw"}, "m", "w") == {"p": 1}
-    with pytest.raises(WinnowError, match=r"^w: label 'NSFW' \(column 'p'\) is not a label of m; its labels: sfw, nsfw$"):
+    with pytest.raises(WinnowError, match=r"^w: label 'NSFW' \(column 'p'\) is not a label of m; "
+                                          r"its labels: sfw, nsfw$"):
         HF.label_indices({"p": "NSFW"}, {1: "nsfw", 0: "sfw"}, "m", "w")
 
 
