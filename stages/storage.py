@@ -47,7 +47,16 @@ REQUEST_TIMEOUT = 60  # seconds one request may go unanswered before it counts a
 
 class StorageError(WinnowError, OSError):
     """A store's failure as one line naming the URL. Also an OSError, so code that handles an unreadable
-    local file (``except OSError``) handles an unreadable object the same way."""
+    local file (``except OSError``) handles an unreadable object the same way. ``why`` is the reason
+    alone, for a caller that names the path its own way (``error``)."""
+
+    why = ""
+
+
+def _failure(message: str, why: str) -> StorageError:
+    exc = StorageError(message)  # one argument: OSError reads two as (errno, strerror)
+    exc.why = why
+    return exc
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,8 @@ def _reasons() -> tuple:
 
 def reason(exc: BaseException) -> str:
     """A store's error as a short phrase: what went wrong in words, else the message's first line."""
+    if isinstance(exc, StorageError) and exc.why:
+        return exc.why
     text = str(exc)
     for pattern, phrase in _reasons():
         if re.search(pattern, text):
@@ -194,7 +205,7 @@ def reason(exc: BaseException) -> str:
 
 
 def error(path: str, what: str, exc: BaseException) -> WinnowError:
-    return StorageError(f"{what} {path}: {reason(exc)}")
+    return _failure(f"{what} {path}: {reason(exc)}", reason(exc))
 
 
 def _bucket_missing(path: str) -> bool:
@@ -231,16 +242,17 @@ def _on_store(path: str, doing: str):
         raise
     except FileNotFoundError:
         if _bucket_missing(path):
-            raise StorageError(f"{path}: cannot {doing} (no such bucket)") from None
+            raise _failure(f"{path}: cannot {doing} (no such bucket)", "no such bucket") from None
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
     except OSError as exc:
-        raise StorageError(f"{path}: cannot {doing} ({_diagnosed(path, exc)})") from None
+        why = _diagnosed(path, exc)
+        raise _failure(f"{path}: cannot {doing} ({why})", why) from None
 
 
 def _listed(path: str, entries: list) -> list:
     """An empty listing on a store may be a missing bucket: say so rather than list nothing."""
     if not entries and _bucket_missing(path):
-        raise StorageError(f"{path}: cannot list (no such bucket)")
+        raise _failure(f"{path}: cannot list (no such bucket)", "no such bucket")
     return entries
 
 
@@ -271,12 +283,18 @@ def isdir(path: str) -> bool:
 
 
 def getsize(path: str) -> int:
+    return stat(path)[0]
+
+
+def stat(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file or object (a store keeps seconds)."""
     if not is_remote(path):
-        return os.path.getsize(_local(path))
-    found = info(path)
-    if found.type != pafs.FileType.File:
-        raise FileNotFoundError(errno.ENOENT, "No such file", path)
-    return found.size
+        st = os.stat(_local(path))
+        return st.st_size, st.st_mtime_ns
+    i = info(path)
+    if i.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+    return i.size or 0, i.mtime_ns or 0
 
 
 def listdir(path: str) -> list[str]:
@@ -287,6 +305,17 @@ def listdir(path: str) -> list[str]:
     with _on_store(path, "list"):
         entries = _listed(path, fs.get_file_info(pafs.FileSelector(p, allow_not_found=True)))
     return sorted(posixpath.basename(e.path.rstrip("/")) for e in entries)
+
+
+def list_entries(path: str) -> dict[str, bool]:
+    """What is directly under a folder, in one listing: full path (as ``path`` spells it) -> is a folder."""
+    if not is_remote(path):
+        root = _local(path)
+        return {os.path.join(root, n): os.path.isdir(os.path.join(root, n)) for n in sorted(os.listdir(root))}
+    fs, p = resolve(path)
+    with _on_store(path, "list"):
+        entries = _listed(path, fs.get_file_info(pafs.FileSelector(p, allow_not_found=True)))
+    return {_spelled(path, p, e.path): e.type == pafs.FileType.Directory for e in sorted(entries, key=lambda e: e.path)}
 
 
 def list_files(path: str, recursive: bool = False) -> list[str]:
@@ -301,8 +330,12 @@ def list_files(path: str, recursive: bool = False) -> list[str]:
     fs, p = resolve(path)
     with _on_store(path, "list"):
         entries = _listed(path, fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True)))
-    base = path.rstrip("/")  # results are spelled as the caller spelled ``path``, whatever the scheme
-    return sorted(f"{base}/{e.path[len(p):].lstrip('/')}" for e in entries if e.type == pafs.FileType.File)
+    return sorted(_spelled(path, p, e.path) for e in entries if e.type == pafs.FileType.File)
+
+
+def _spelled(path: str, inner_root: str, inner: str) -> str:
+    """An entry listed under ``path`` spelled as the caller spelled ``path`` (whatever the scheme)."""
+    return f"{path.rstrip('/')}/{inner[len(inner_root):].lstrip('/')}"
 
 
 def glob(pattern: str) -> list[str]:
@@ -354,12 +387,30 @@ def read_json(path: str):
     return json.loads(read_bytes(path))
 
 
-def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(path: str, columns: list[str] | None = None, filters=None) -> pa.Table:
     if not is_remote(path):
-        return pq.read_table(_local(path), columns=columns)
+        return pq.read_table(_local(path), columns=columns, filters=filters)
     fs, p = resolve(path)
     with _on_store(path, "read"):
-        return pq.read_table(p, columns=columns, filesystem=fs)
+        return pq.read_table(p, columns=columns, filters=filters, filesystem=fs)
+
+
+def dataset(path: str):
+    """A ``pyarrow.dataset`` of Parquet at a file, folder or glob, on any filesystem this module reaches."""
+    import pyarrow.dataset as ds
+
+    if any(ch in path for ch in "*?["):
+        files = glob(path)
+        if not files:
+            raise FileNotFoundError(errno.ENOENT, "no Parquet files match", path)
+        fs = resolve(files[0])[0]
+        with _on_store(path, "read"):
+            return ds.dataset([resolve(f)[1] for f in files], filesystem=fs, format="parquet")
+    fs, p = resolve(path)
+    if not is_remote(path):
+        return ds.dataset(p, filesystem=fs, format="parquet")
+    with _on_store(path, "read"):
+        return ds.dataset(p, filesystem=fs, format="parquet")
 
 
 def parquet_file(path: str) -> pq.ParquetFile:
@@ -396,7 +447,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
             write(tmp)
             os.replace(tmp, local)
         except OSError as exc:
-            raise StorageError(f"output {path}: cannot write ({reason(exc)})") from None
+            raise _failure(f"output {path}: cannot write ({reason(exc)})", reason(exc)) from None
         finally:  # whatever stopped write() (an error of its own, Ctrl-C), no temp file stays behind
             _discard(tmp)
         return
@@ -407,7 +458,8 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         fs, p = resolve(path)
         pafs.copy_files(tmp, p, source_filesystem=resolve(tmp)[0], destination_filesystem=fs)
     except OSError as exc:
-        raise StorageError(f"output {path}: cannot write ({_diagnosed(path, exc)})") from None
+        why = _diagnosed(path, exc)
+        raise _failure(f"output {path}: cannot write ({why})", why) from None
     finally:
         _discard(tmp)
 
@@ -485,4 +537,5 @@ def ensure_writable(path: str) -> None:
             f.write(b"")
         fs.delete_file(p)
     except OSError as exc:
-        raise StorageError(f"output {path}: not writable ({_diagnosed(path, exc)})") from None
+        why = _diagnosed(path, exc) if is_remote(path) else reason(exc)
+        raise _failure(f"output {path}: not writable ({why})", why) from None
