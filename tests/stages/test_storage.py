@@ -62,9 +62,11 @@ def test_bytes_text_and_json_round_trip(root):
 
 
 @pytest.mark.parametrize("failure", [OSError("disk full"), ValueError("bad row")])
-def test_failing_write_leaves_nothing_under_the_final_name(root, failure):
+def test_failing_write_leaves_nothing_under_the_final_name(root, failure, tmp_path, monkeypatch):
     target = storage.join(root, "part-0.parquet")
-    uploads_before = _uploads_in_tmp()
+    uploads = tmp_path / "uploads"  # a store's upload starts as a local temp file: here, where we can see it
+    uploads.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(uploads))
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -78,16 +80,12 @@ def test_failing_write_leaves_nothing_under_the_final_name(root, failure):
         assert str(info.value) == f"output {target}: cannot write (disk full)"
     assert not storage.exists(target)
     assert storage.listdir(root) == []  # no temp file beside it either
-    assert _uploads_in_tmp() == uploads_before
+    assert list(uploads.iterdir()) == []
 
     storage.write_bytes(b"whole", target)  # a failed rewrite leaves the previous object whole
     with pytest.raises(expected):
         storage.atomic_write(target, write)
     assert storage.read_bytes(target) == b"whole"
-
-
-def _uploads_in_tmp() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("winnow-upload-")}
 
 
 def test_multipart_sized_object_round_trips(root):
@@ -131,7 +129,8 @@ def test_listdir_and_list_files(root):
     ("a/*/*.parquet", ["a/sub/3.parquet"]),
     ("a/**/*.parquet", ["a/1.parquet", "a/sub/3.parquet"]),  # ** is zero or more levels
     ("**/*.txt", ["a/2.txt", "ab/4.txt", "b.txt"]),
-    ("a/.*", ["a/.hidden"]),                                # a wildcard never matches a leading dot
+    ("a/*", ["a/1.parquet", "a/2.txt"]),                    # a wildcard never matches a leading dot...
+    ("a/.*", ["a/.hidden"]),                                # ...a pattern that starts with one does
     ("a/sub/3.parquet", ["a/sub/3.parquet"]),
     ("a/*.csv", []),
 ])
