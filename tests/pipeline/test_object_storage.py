@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
 import boto3
 import pyarrow as pa
 import pytest
+import yaml
 
-from tests.pipeline.runners.ray_data.test_runner import _driver, _kill_group, pipeline, register, run
+from tests.pipeline.runners.ray_data.test_runner import REPO, _kill_group, pipeline, register, run
 from winnow.stages import storage
 
 pytestmark = [pytest.mark.timeout(400)]
@@ -64,6 +67,16 @@ def export(out: str) -> dict[str, bytes]:
     return {os.path.basename(p): storage.read_bytes(p) for p in storage.list_files(folder)}
 
 
+def _driver(data: dict, yaml_path, log_path) -> subprocess.Popen:
+    """`winnow run --runner local` in its own process group (the S3 endpoint comes from the environment)."""
+    yaml_path.write_text(yaml.safe_dump(data))
+    code = ("import sys; from tests.pipeline.runners.ray_data.test_runner import register; register(); "
+            "from winnow.pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-c", code, "run", str(yaml_path), "--runner", "local"], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _same_as_disk(out: str, on_disk: dict) -> None:
     assert manifest(out).equals(on_disk["manifest"]), "the S3 run's manifest differs from the local-disk run's"
     got = export(out)
@@ -93,7 +106,8 @@ def test_ray_on_s3_with_worker_deaths_equals_local_disk(ray_local, pool, on_disk
 
 @pytest.mark.torture
 def test_driver_killed_on_s3_then_rerun_resumes(pool, on_disk, tmp_path):
-    """`winnow run` with input and output on S3, SIGKILLed after its first checkpoint object, then rerun."""
+    """`winnow run` with input and output on S3, SIGKILLed after its first checkpoint object, then rerun
+    (the local runner: the Ray runner's own kill-and-resume is tested on disk; here the store is the subject)."""
     out = f"{pool.rsplit('/', 1)[0]}/runs/killed"
     data = pipeline(pool, out, delay=0.1) | {"exports": [EXPORT]}
     seg0 = storage.join(out, "work", "seg-0")
@@ -120,3 +134,24 @@ def test_driver_killed_on_s3_then_rerun_resumes(pool, on_disk, tmp_path):
         _kill_group(proc)
     _same_as_disk(out, on_disk)
     assert {p: storage.stat(p) for p in before} == before  # checkpoints on S3 kept, not redone
+
+
+def test_stage_report_and_export_commands_take_s3_paths_and_the_endpoint_flag(pool, s3_server, monkeypatch, capsys):
+    """`winnow stage`, `report` and `export` with s3:// paths, the endpoint given only by --endpoint-url."""
+    from winnow.pipeline.cli import main
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    out = f"{pool.rsplit('/', 1)[0]}/runs/cli"
+    flag = ["--endpoint-url", s3_server]
+    try:
+        assert main(["stage", "basic_filter", "--input", pool, "--output", out, "--kept", "--quiet", *flag]) == 0
+        assert main(["report", out, *flag]) == 0
+        assert main(["export", out, "--format", "parquet", *flag]) == 0
+        printed = capsys.readouterr().out
+        assert f"{out}/report.html" in printed and f"{out}/exports/parquet" in printed
+        assert storage.read_text(storage.join(out, "report.html")).startswith("<!DOCTYPE html>")
+        kept = storage.read_metadata(storage.list_files(storage.join(out, "exports", "parquet", "data"))[0]).num_rows
+        assert kept == storage.read_json(storage.join(out, "stats.json"))["rows_kept"] > 0
+    finally:
+        storage.configure()  # later tests read the endpoint from the environment again
