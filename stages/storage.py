@@ -15,6 +15,12 @@ object itself (``exists``: a HEAD), never read from a listing.
 Endpoints: ``configure(endpoint_url=...)`` (the pipeline's ``storage:`` key), else ``AWS_ENDPOINT_URL_S3``,
 else ``AWS_ENDPOINT_URL``, as boto3 and the AWS CLI read them. Credentials come from the AWS chain
 (environment, config files, instance role), which Arrow's AWS SDK walks itself.
+
+Errors: a store that cannot be used raises ``StorageError`` (a WinnowError, and an OSError for code that
+handles unreadable files): one line naming the URL and what went wrong in words (no such bucket,
+credentials refused, access denied, cannot connect, throttled), after at most ``RETRIES`` attempts,
+each bounded by ``CONNECT_TIMEOUT``/``REQUEST_TIMEOUT``. A missing object stays FileNotFoundError, as a
+missing local file is.
 """
 from __future__ import annotations
 
@@ -181,11 +187,12 @@ def _reasons() -> tuple:
             (r"InvalidAccessKeyId|INVALID_ACCESS_KEY_ID|SignatureDoesNotMatch|SIGNATURE_DOES_NOT_MATCH|"
              r"InvalidToken|INVALID_TOKEN|ExpiredToken|EXPIRED_TOKEN|UNRECOGNIZED_CLIENT|AUTHENTICATION",
              "credentials refused"),
-            (r"ACCESS_DENIED|AccessDenied|HTTP status 403", "access denied"),
+            (r"ACCESS_DENIED|AccessDenied|Forbidden|HTTP status 403", "access denied"),
             (r"curlCode: (6|7)\b|Could not connect|Couldn't connect|Connection refused|Could not resolve",
              f"cannot connect to {endpoint}; {gave_up}"),
             (r"curlCode: 28\b|Timeout was reached|REQUEST_TIMEOUT|RequestTimeout",
              f"{endpoint} did not answer within {REQUEST_TIMEOUT} s; {gave_up}"),
+            (r"NETWORK_CONNECTION", f"the connection to {endpoint} failed; {gave_up}"),  # reset, broken, ...
             (r"SLOW_DOWN|SlowDown|HTTP status 503\b|THROTTL|Throttl|SERVICE_UNAVAILABLE",
              f"HTTP 503: the store is throttling or unavailable; {gave_up}"),
             (r"HTTP status 5\d\d\b|INTERNAL_FAILURE|InternalError", f"the store failed (HTTP 5xx); {gave_up}"))

@@ -115,3 +115,24 @@ def test_an_endpoint_that_never_answers_times_out(silent_endpoint, monkeypatch, 
 def test_default_bounds_are_finite():
     """What a real run gets: a bounded number of attempts, each bounded in time."""
     assert 1 <= storage.RETRIES <= 10 and 0 < storage.CONNECT_TIMEOUT <= 30 and 0 < storage.REQUEST_TIMEOUT <= 120
+
+
+@pytest.mark.parametrize("message, phrase", [
+    ("When getting information for key 'a/b' in bucket 'bkt': AWS Error UNKNOWN (HTTP status 503) during "
+     "HeadObject operation: No response body.", "HTTP 503: the store is throttling or unavailable"),
+    ("When reading 'bkt/shard-00503.parquet': AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 56, "
+     "Failure when receiving data from the peer", "the connection to http://127.0.0.1:9 failed"),
+    ("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 28, Timeout was reached",
+     "http://127.0.0.1:9 did not answer within"),
+    ("AWS Error INTERNAL_FAILURE during PutObject operation: We encountered an internal error.",
+     "the store failed (HTTP 5xx)"),
+    ("When listing objects under key 'in/' in bucket 'b': AWS Error INVALID_ACCESS_KEY_ID during ListObjectsV2 "
+     "operation: The AWS Access Key Id you provided does not exist in our records.", "credentials refused"),
+    ("When listing objects under key 'in/' in bucket 'b': AWS Error NO_SUCH_BUCKET during ListObjectsV2 operation: "
+     "The specified bucket does not exist", "no such bucket"),
+])
+def test_reasons_of_the_messages_arrow_gives(message, phrase):
+    """Messages as Arrow's AWS SDK words them (these were seen against moto and the failing endpoints);
+    a key that merely contains 503 is not a throttled store."""
+    storage.configure(endpoint_url="http://127.0.0.1:9")
+    assert storage.reason(OSError(message)).startswith(phrase)
