@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
+import sys
 import time
 
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 _REMOTE: dict = {}
@@ -229,9 +232,22 @@ def remote_task(fn):
     worker dies (it writes deterministic names atomically, so a retry overwrites)."""
     import ray
 
-    if fn not in _REMOTE:
-        _REMOTE[fn] = ray.remote(num_cpus=0, max_retries=3)(fn)
-    return _REMOTE[fn]
+    key = (fn, storage.current())
+    if key not in _REMOTE:
+        _REMOTE[key] = ray.remote(num_cpus=0, max_retries=3)(with_storage(fn, key[1]))
+    return _REMOTE[key]
+
+
+def with_storage(fn, settings: storage.Settings):
+    """``fn`` run with the driver's store settings (endpoint, region) in force on the worker: the pipeline's
+    ``storage:`` key is set on the driver, and a worker process knows only what is shipped to it."""
+
+    def task(*args, **kwargs):
+        storage.apply(settings)
+        return fn(*args, **kwargs)
+
+    task.__name__ = task.__qualname__ = getattr(fn, "__name__", "task")
+    return task
 
 
 def guard(fn):
@@ -265,11 +281,13 @@ def user_error(exc: BaseException) -> str | None:
             return _first_line(e)
         stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
     # Ray Data wraps a UDF's exception in a UserCodeException and pickling drops the chain: the
-    # worker's WinnowError then survives only as a line of the traceback text.
-    marker = f"{WinnowError.__module__}.{WinnowError.__qualname__}: "
+    # worker's WinnowError (or a subclass of it, as storage.StorageError) survives only as a line of
+    # the traceback text, "module.Class: message".
     for line in str(exc).splitlines():
-        if line.startswith(marker):
-            return line[len(marker):]
+        m = re.match(r"(winnow\.[\w.]+)\.(\w+): (.*)", line)
+        cls = getattr(sys.modules.get(m.group(1)), m.group(2), None) if m else None
+        if isinstance(cls, type) and issubclass(cls, WinnowError):
+            return m.group(3)
     return None
 
 
