@@ -115,7 +115,9 @@ def _module_hash(module: str) -> str | None:
 
 
 def _named_files(value, found: dict | None = None) -> dict:
-    """size and mtime of local files a parameter names (a plain path, or a model spec's ``...@PATH``)."""
+    """size and mtime of local files a parameter names (a plain path, or a model spec's ``...@PATH``), and of
+    the files in a saved Hugging Face model directory it names (one holding config.json: new weights saved
+    under the same path must not resume from checkpoints scored with the old ones)."""
     found = {} if found is None else found
     if isinstance(value, dict):
         for v in value.values():
@@ -128,6 +130,12 @@ def _named_files(value, found: dict | None = None) -> dict:
             if candidate and os.path.isfile(candidate):
                 st = os.stat(candidate)
                 found[os.path.abspath(candidate)] = [st.st_size, st.st_mtime_ns]
+            elif candidate and os.path.isfile(os.path.join(candidate, "config.json")):
+                for name in sorted(os.listdir(candidate)):
+                    path = os.path.join(candidate, name)
+                    if os.path.isfile(path):
+                        st = os.stat(path)
+                        found[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns]
     return found
 
 

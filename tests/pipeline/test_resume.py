@@ -84,6 +84,22 @@ def test_a_shard_added_before_the_others_is_run_and_nothing_shifts(sample_dir, t
     assert len(os.listdir(out / "manifest")) == 4
 
 
+def test_new_weights_saved_in_a_model_directory_are_not_resumed_over(sample_dir, tmp_path):
+    """A Hugging Face model directory is a parameter like a checkpoint file: its files are fingerprinted."""
+    from winnow.stages.models.tiny_classifier import build_tiny_classifier
+
+    model = build_tiny_classifier("tiny-vit", str(tmp_path / "clf"), seed=0)
+    cfg = parse_pipeline({"input": str(sample_dir / "shard-00000.parquet"), "stages": [
+        {"stage": "image_classify", "model": model, "labels": {"pwatermark": "watermark"}}]})
+    execute(cfg, str(tmp_path / "o"), progress=False)
+    first = _manifest(tmp_path / "o")["pwatermark"]
+    build_tiny_classifier("tiny-vit", model, seed=1)  # retrained, saved over the same path
+    with pytest.raises(WinnowError, match=r"stage 'image_classify' files changed"):
+        execute(cfg, str(tmp_path / "o"), progress=False)
+    execute(cfg, str(tmp_path / "o"), progress=False, fresh=True)
+    assert not _manifest(tmp_path / "o")["pwatermark"].equals(first)
+
+
 def test_a_changed_shard_is_rerun(sample_dir, tmp_path):
     pool = tmp_path / "pool"
     shutil.copytree(sample_dir, pool, ignore=shutil.ignore_patterns("ground_truth"))
