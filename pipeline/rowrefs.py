@@ -100,13 +100,13 @@ def plan_images(segments) -> ImagePlan:
     return ImagePlan(tuple(keep), tuple(needs))
 
 
-def attach(table: pa.Table, shard: Shard, columns: dict[str, str], rows: pa.Array | np.ndarray) -> pa.Table:
+def attach(table: pa.Table, shard: Shard, columns: dict[str, str], wanted: pa.Array | np.ndarray) -> pa.Table:
     """``table`` (a shard's rows in input order) with the input's image bytes put back on the rows of the
-    boolean mask ``rows`` whose image is null; every other value unchanged. One read of the input at most;
+    boolean mask ``wanted`` whose image is null; every other value unchanged. One read of the input at most;
     none when no such row is left or the table has no image column."""
     if IMAGE not in table.column_names or table.num_rows == 0:
         return table
-    mask = _bools(rows) & ~_bools(pc.is_valid(table[IMAGE]))
+    mask = _bools(wanted) & ~_bools(pc.is_valid(table[IMAGE]))
     positions = np.flatnonzero(mask)
     if not len(positions):
         return table
@@ -132,18 +132,18 @@ def input_images(shard: Shard, columns: dict[str, str], positions: np.ndarray, e
         table = read_shard(shard, columns)
         _check_rows(shard, table.num_rows, expected_rows)
         return table[IMAGE].take(pa.array(positions)).combine_chunks() if IMAGE in table.column_names else None
-    pf = storage.parquet_file(shard.path)
-    source = column_sources(pf.schema_arrow.names, columns, shard.path).get(IMAGE)
-    if source is None:
-        return None
-    _check_rows(shard, pf.metadata.num_rows, expected_rows)
-    sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
-    starts = np.r_[0, np.cumsum(sizes)]
-    groups = np.unique(np.searchsorted(starts, positions, side="right") - 1)  # only those holding the rows
-    read = pf.read_row_groups(groups.tolist(), columns=[source])[source]
-    read_starts = np.r_[0, np.cumsum([sizes[g] for g in groups])]  # where each read group begins
-    where = np.searchsorted(groups, np.searchsorted(starts, positions, side="right") - 1)
-    local = read_starts[where] + positions - starts[groups[where]]
+    with storage.parquet_file(shard.path) as pf:
+        source = column_sources(pf.schema_arrow.names, columns, shard.path).get(IMAGE)
+        if source is None:
+            return None
+        _check_rows(shard, pf.metadata.num_rows, expected_rows)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        starts = np.r_[0, np.cumsum(sizes)]  # each row group's first row in the shard
+        owner = np.searchsorted(starts, positions, side="right") - 1
+        groups = np.unique(owner)  # only the row groups holding the rows are read
+        read = pf.read_row_groups(groups.tolist(), columns=[source])[source]
+    read_starts = np.r_[0, np.cumsum([sizes[g] for g in groups])]  # each read group's first row in ``read``
+    local = read_starts[np.searchsorted(groups, owner)] + positions - starts[owner]
     return read.take(pa.array(local)).combine_chunks()
 
 
