@@ -1,9 +1,10 @@
 """`winnow report RUN_DIR`: write RUN_DIR/report.html, the human view of a run (DESIGN.md §5).
 
 One self-contained page (inline CSS, SVG charts, base64 thumbnails; no scripts, nothing fetched):
-the funnel from stats.json, a histogram per score column with its thresholds, the MetaCLIP
-entry-count curve before/after balancing, duplicate groups as image strips and grids of kept and
-rejected images per reason. Every section appears only when its data exists. The cost is one
+the funnel from stats.json, a histogram per score column with its thresholds, per embedding head its
+histogram and its highest/lowest scored kept and rejected images (heads.py), the MetaCLIP entry-count
+curve before/after balancing, duplicate groups as image strips and grids of kept and rejected images
+per reason. Every section appears only when its data exists. The cost is one
 streaming pass over the manifest's needed columns plus image reads for a bounded sample, so a run
 of millions of rows gives a page of a few MB in seconds to minutes.
 """
