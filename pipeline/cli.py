@@ -67,7 +67,8 @@ def cmd_run(args) -> int:
     from winnow.pipeline.config import load_pipeline
     from winnow.pipeline.run import execute
 
-    cfg = load_pipeline(args.pipeline, {"output": args.output})
+    cfg = load_pipeline(args.pipeline, {"output": args.output,
+                                        "storage": {"endpoint_url": args.endpoint_url} if args.endpoint_url else None})
     if not cfg.output:
         raise WinnowError(f"{args.pipeline}: no 'output' in the file and no --output given")
     stats = execute(cfg, cfg.output, runner=args.runner, address=args.address, progress=not args.quiet,
@@ -138,6 +139,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _add_storage_flag(s) -> None:
+    s.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// paths (default: $AWS_ENDPOINT_URL_S3, "
+                                          "then $AWS_ENDPOINT_URL; credentials from the AWS chain)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="winnow",
                                 description="Curate image-text datasets: filter, dedup, balance, recaption.")
@@ -155,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--columns", help="column mapping, e.g. url=URL,caption=TEXT")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--kept", action="store_true", help="also write OUT/kept/ (kept rows with image bytes)")
+    _add_storage_flag(s)
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_resume_flags(s)
     s.set_defaults(func=cmd_stage)
@@ -164,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="output directory (overrides the file's 'output')")
     s.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     s.add_argument("--runner", choices=["ray", "local"], default="ray")
+    _add_storage_flag(s)
     s.add_argument("--quiet", action="store_true")
     _add_resume_flags(s)
     s.set_defaults(func=cmd_run)
@@ -173,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     s.add_argument("--output", help="output directory on the cluster")
     s.add_argument("--wait", action="store_true", help="follow the logs and exit with the job's status")
+    _add_storage_flag(s)
     s.set_defaults(func=_delegate("winnow.pipeline.submit"))
 
     s = sub.add_parser("sample", help="write synthetic image-text shards with planted problems")
@@ -209,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="folder; a relative one lives under RUN_DIR (default RUN_DIR/exports/FORMAT)")
     s.add_argument("--samples-per-shard", type=int, help="samples per tar / Parquet file (default 10000)")
     s.add_argument("--shuffle", action="store_true", help="order samples by a hash of (seed, uid)")
+    _add_storage_flag(s)
     s.add_argument("--seed", type=int, help="shuffle seed (default: the run's seed)")
     s.set_defaults(func=_delegate("winnow.pipeline.export.main"))
 
@@ -216,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--output", help="where to write the page (default RUN_DIR/report.html)")
     s.add_argument("--per-grid", type=int, default=12, help="images per rejection reason (kept grid: twice that)")
+    _add_storage_flag(s)
     s.add_argument("--sample-shards", type=int, default=4, help="shards the image samples are drawn from")
     s.add_argument("--thumb-px", type=int, default=128, help="longest side of the embedded thumbnails")
     s.add_argument("--seed", type=int, default=0, help="seed of the image sample")
@@ -243,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     _interruptible()
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "endpoint_url", None):
+            from winnow.stages import storage
+
+            storage.configure(endpoint_url=args.endpoint_url)
         return args.func(args)
     except WinnowError as exc:
         print(f"winnow: error: {exc}", file=sys.stderr)

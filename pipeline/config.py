@@ -1,7 +1,7 @@
 """Pipelines are data: a YAML file validated up front, so a typo fails before anything runs.
 
 ```yaml
-input: data/shards/            # file, directory or glob
+input: data/shards/            # file, directory, glob or brace pattern; local or s3://, gs://, hf:// (reading)
 columns: {caption: alt_text}   # optional canonical -> source column mapping
 output: runs/demo
 seed: 0
@@ -12,6 +12,8 @@ stages:
     min_words: 3               # parameters, flat
 exports:                       # optional: training sets written after the run's outputs (pipeline/export/)
   - {format: webdataset, output: exports/wds, samples_per_shard: 1000}
+storage:                       # optional: an S3-compatible store (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
+  endpoint_url: http://127.0.0.1:9000
 ```
 """
 from __future__ import annotations
@@ -25,8 +27,9 @@ import yaml
 from winnow.pipeline.export.spec import ExportSpec, parse_exports
 from winnow.stages.errors import WinnowError
 
-TOP_LEVEL_KEYS = {"input", "columns", "output", "seed", "write_kept", "stages", "runner", "exports"}
+TOP_LEVEL_KEYS = {"input", "columns", "output", "seed", "write_kept", "stages", "runner", "exports", "storage"}
 RUNNER_KEYS = {"address", "progress", "max_rows_per_file"}
+STORAGE_KEYS = {"endpoint_url", "region"}  # stages/storage.configure; credentials come from the AWS chain
 
 
 @dataclass
@@ -46,6 +49,7 @@ class PipelineConfig:
     write_kept: bool = True
     runner: dict[str, Any] = field(default_factory=dict)
     exports: list[ExportSpec] = field(default_factory=list)
+    storage: dict[str, str] = field(default_factory=dict)
     source: str = "<pipeline>"
 
     def build_stages(self):
@@ -60,10 +64,12 @@ class PipelineConfig:
             "write_kept": self.write_kept, "runner": self.runner,
             "stages": [{"stage": s.type, "name": s.name, **s.params} for s in self.stages],
             "exports": [e.to_dict() for e in self.exports],
+            **({"storage": self.storage} if self.storage else {}),
         }
 
 
 def load_pipeline(path: str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML; ``overrides`` (CLI flags) replace top-level keys; ``storage`` ones merge in."""
     if not os.path.isfile(path):
         raise WinnowError(f"pipeline file {path}: not found")
     try:
@@ -76,7 +82,10 @@ def load_pipeline(path: str, overrides: dict[str, Any] | None = None) -> Pipelin
     data = dict(data or {}) if isinstance(data, dict) or data is None else None
     if data is None:
         raise WinnowError(f"pipeline file {path}: must be a mapping with 'input' and 'stages'")
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "storage" in overrides:
+        overrides["storage"] = {**(data.get("storage") or {}), **overrides["storage"]}
+    data.update(overrides)
     return parse_pipeline(data, path)
 
 
@@ -96,6 +105,14 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineConfig:
     bad = sorted(set(runner) - RUNNER_KEYS)
     if bad:
         raise WinnowError(f"{source}: unknown key 'runner.{bad[0]}'; valid: {', '.join(sorted(RUNNER_KEYS))}")
+    _expect(data, "storage", dict, source)
+    store = data.get("storage") or {}
+    bad = sorted(set(store) - STORAGE_KEYS)
+    if bad:
+        raise WinnowError(f"{source}: unknown key 'storage.{bad[0]}'; valid: {', '.join(sorted(STORAGE_KEYS))}")
+    if store.get("endpoint_url") and not str(store["endpoint_url"]).startswith(("http://", "https://")):
+        raise WinnowError(f"{source}: storage.endpoint_url must be an http:// or https:// URL, "
+                          f"got '{store['endpoint_url']}'")
     specs, names = [], set()
     for i, entry in enumerate(data["stages"]):
         if not isinstance(entry, dict) or "stage" not in entry:
@@ -112,7 +129,8 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineConfig:
     exports = parse_exports(data.get("exports"), source, write_kept)
     cfg = PipelineConfig(
         input=str(data["input"]), output=data.get("output"), stages=specs, columns=data.get("columns") or {},
-        seed=data.get("seed", 0), write_kept=write_kept, runner=runner, exports=exports, source=source,
+        seed=data.get("seed", 0), write_kept=write_kept, runner=runner, exports=exports,
+        storage={k: str(v) for k, v in store.items() if v}, source=source,
     )
     try:
         cfg.build_stages()

@@ -26,6 +26,8 @@ import struct
 import sys
 from dataclasses import dataclass
 
+from winnow.stages import storage
+
 CHUNK = 1 << 20
 SAMPLE = 1 << 20
 
@@ -37,17 +39,17 @@ def _digest(obj) -> str:
 
 def shard_key(path: str, fmt: str) -> str:
     """32 hex digits naming one input file's identity: path, size, footer (Parquet) or content hash."""
-    size = os.path.getsize(path)
+    size = storage.getsize(path)
     h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([os.path.abspath(path), size]).encode("utf-8", "surrogatepass"))
+    h.update(json.dumps([storage.abspath(path), size]).encode("utf-8", "surrogatepass"))
     if fmt == "webdataset":
         return _tar_key(path, size, h)
     if fmt == "files":
         folder = os.path.splitext(path)[0]
-        listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder))
+        listing = [(name, *storage.stat(storage.join(folder, name))) for name in storage.listdir(folder)]
         h.update(json.dumps(listing).encode("utf-8", "surrogatepass"))
         fmt = "parquet"
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         footer = _parquet_footer(f, size) if fmt == "parquet" else None
         if footer is not None:
             h.update(footer)
@@ -59,17 +61,17 @@ def shard_key(path: str, fmt: str) -> str:
 
 
 def _tar_key(path: str, size: int, h) -> str:
-    h.update(str(os.stat(path).st_mtime_ns).encode())
-    with open(path, "rb") as f:
+    h.update(str(storage.stat(path)[1]).encode())
+    with storage.open_input(path) as f:
         h.update(f.read(SAMPLE))
         if size > SAMPLE:
             f.seek(max(SAMPLE, size - SAMPLE))
             h.update(f.read(SAMPLE))
     side = os.path.splitext(path)[0] + ".parquet"
-    if os.path.isfile(side):
-        side_size = os.path.getsize(side)
+    if storage.isfile(side):
+        side_size = storage.getsize(side)
         h.update(json.dumps(["sidecar", side_size]).encode())
-        with open(side, "rb") as f:
+        with storage.open_input(side) as f:
             h.update(_parquet_footer(f, side_size) or f.read())
     return h.hexdigest()
 

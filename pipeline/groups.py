@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import rundir
 from winnow.pipeline.rundir import ROW, SHARD
+from winnow.stages import storage
 from winnow.stages.base import GroupStage
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE, live_mask, set_column
 
@@ -37,7 +36,7 @@ ROWS_PER_PARTITION = 2_000_000
 
 def group_barrier(stage: GroupStage, parts: list[str], done: list[str], work: str) -> dict:
     """Decide ``stage`` over every part (one per shard), writing ``done``; returns the stage's counts."""
-    shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted run
+    storage.rmtree(work)  # leftovers of an interrupted run
     if stage.decide_columns() is None:  # deciding reads whole rows: every pass rewrites them
         n_live = _count_live(parts)
         decide_passes(stage, parts, work, final=done)
@@ -46,7 +45,7 @@ def group_barrier(stage: GroupStage, parts: list[str], done: list[str], work: st
         narrow, counts = decide_narrow(stage, parts, work)
         for full, decided, dst in zip(parts, narrow, done):
             apply_columns(full, decided, dst, decided_columns(stage))
-    shutil.rmtree(work, ignore_errors=True)
+    storage.rmtree(work)
     return counts
 
 
@@ -54,7 +53,7 @@ def decide_narrow(stage: GroupStage, parts: list[str], work: str) -> tuple[list[
     """Every key pass over copies of ``parts`` holding only the columns deciding reads, under ``work``:
     (the decided copies, one per part, same rows in the same order; the stage's counts). The parts are
     not touched. Also the Ray runner's barrier for a run small enough for one task."""
-    shutil.rmtree(work, ignore_errors=True)  # a retried task must not find the killed one's spill files
+    storage.rmtree(work)  # a retried task must not find the killed one's spill files
     n_live = _count_live(parts)
     narrow = decide_passes(stage, parts, work)
     return narrow, stage_counts(stage, narrow, n_live)
@@ -74,28 +73,28 @@ def decide_passes(stage: GroupStage, parts: list[str], work: str, final: list[st
     wanted = stage.decide_columns()
     if wanted is not None:
         wanted = list(dict.fromkeys(["uid", *keys, *patched, *wanted]))
-    n_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    n_rows = sum(storage.read_metadata(p).num_rows for p in parts)
     n_parts = max(1, math.ceil(n_rows / ROWS_PER_PARTITION))
     source = parts
     if final is None:
-        source = [os.path.join(work, "narrow", f"shard-{s}.parquet") for s in range(len(parts))]
+        source = [storage.join(work, "narrow", f"shard-{s}.parquet") for s in range(len(parts))]
         for path, copy in zip(parts, source):
-            names = pq.read_schema(path).names
-            rundir.write_parquet_atomic(pq.read_table(path, columns=[c for c in wanted if c in names]), copy)
+            names = storage.read_schema(path).names
+            rundir.write_parquet_atomic(storage.read_parquet(path, columns=[c for c in wanted if c in names]), copy)
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
         target = final if last and final is not None else [
-            os.path.join(work, f"pass-{i}", f"shard-{s}.parquet") for s in range(len(parts))]
-        decided_dir = os.path.join(work, "decided")
-        _decide_pass(stage, key, source, wanted, patched, n_parts, os.path.join(work, "spill"), decided_dir)
+            storage.join(work, f"pass-{i}", f"shard-{s}.parquet") for s in range(len(parts))]
+        decided_dir = storage.join(work, "decided")
+        _decide_pass(stage, key, source, wanted, patched, n_parts, storage.join(work, "spill"), decided_dir)
         for s, (src, dst) in enumerate(zip(source, target)):
-            shard_dir = os.path.join(decided_dir, f"shard-{s}")
-            blocks = ([os.path.join(shard_dir, f) for f in sorted(os.listdir(shard_dir))]
-                      if os.path.isdir(shard_dir) else [])
+            shard_dir = storage.join(decided_dir, f"shard-{s}")
+            blocks = ([storage.join(shard_dir, f) for f in (storage.listdir(shard_dir))]
+                      if storage.isdir(shard_dir) else [])
             patch_shard(src, dst, blocks, stage.instance_name)
-        shutil.rmtree(decided_dir, ignore_errors=True)
+        storage.rmtree(decided_dir)
         if source is not parts:
-            shutil.rmtree(os.path.dirname(source[0]), ignore_errors=True)
+            storage.rmtree(os.path.dirname(source[0]))
         source = target
     return source
 
@@ -104,22 +103,22 @@ def stage_counts(stage: GroupStage, decided: list[str], n_live: int) -> dict:
     """rows in / kept / rejected by reason for ``stage``, from its decided parts."""
     rejected: Counter = Counter()
     for p in decided:
-        t = pq.read_table(p, columns=[REJECT_STAGE, REJECT_REASON])
+        t = storage.read_parquet(p, columns=[REJECT_STAGE, REJECT_REASON])
         rejected.update(t.filter(pc.fill_null(pc.equal(t[REJECT_STAGE], stage.instance_name), False))
                         [REJECT_REASON].to_pylist())
     return {"rows_in": n_live, "kept": n_live - sum(rejected.values()), "rejected": dict(sorted(rejected.items()))}
 
 
 def _count_live(parts: list[str]) -> int:
-    return sum(plan_mod.count_live(pq.read_table(p, columns=[REJECT_STAGE])) for p in parts)
+    return sum(plan_mod.count_live(storage.read_parquet(p, columns=[REJECT_STAGE])) for p in parts)
 
 
 def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[str] | None, patched: list[str],
                  n_parts: int, spill: str, decided_dir: str) -> None:
     in_memory: list[pa.Table] = []  # one partition: no need to spill
     for s, path in enumerate(source):  # 1. spill live keyed rows, split by key hash
-        names = pq.read_schema(path).names
-        t = pq.read_table(path, columns=None if wanted is None else [c for c in wanted if c in names])
+        names = storage.read_schema(path).names
+        t = storage.read_parquet(path, columns=None if wanted is None else [c for c in wanted if c in names])
         t = t.append_column(SHARD, pa.array(np.full(t.num_rows, s, np.int32))).append_column(
             ROW, pa.array(np.arange(t.num_rows, dtype=np.int64)))
         t = t.filter(pc.and_(live_mask(t), pc.is_valid(t[key])))
@@ -130,14 +129,14 @@ def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[st
         for p in range(n_parts):
             piece = t.filter(pa.array(part_of == p))
             if piece.num_rows:
-                rundir.write_parquet_atomic(piece, os.path.join(spill, f"part-{p}", f"shard-{s}.parquet"))
+                rundir.write_parquet_atomic(piece, storage.join(spill, f"part-{p}", f"shard-{s}.parquet"))
     for p in range(n_parts):  # 2. decide each partition, write its decisions per shard
-        pdir = os.path.join(spill, f"part-{p}")
+        pdir = storage.join(spill, f"part-{p}")
         if n_parts == 1:
             pieces, in_memory = in_memory, []
-        elif os.path.isdir(pdir):
-            pieces = [pq.read_table(os.path.join(pdir, f)) for f in sorted(os.listdir(pdir))]
-            shutil.rmtree(pdir)
+        elif storage.isdir(pdir):
+            pieces = [storage.read_parquet(storage.join(pdir, f)) for f in (storage.listdir(pdir))]
+            storage.rmtree(pdir)
         else:
             continue
         table = pa.concat_tables(pieces, promote_options="permissive")
@@ -148,8 +147,8 @@ def _decide_pass(stage: GroupStage, key: str, source: list[str], wanted: list[st
         decided = decided.select([c for c in [SHARD, ROW, *patched] if c in decided.column_names])
         for s in np.unique(decided[SHARD].to_numpy()):
             mine = decided.filter(pc.equal(decided[SHARD], int(s)))
-            rundir.write_parquet_atomic(mine, os.path.join(decided_dir, f"shard-{s}", f"part-{p}.parquet"))
-    shutil.rmtree(spill, ignore_errors=True)
+            rundir.write_parquet_atomic(mine, storage.join(decided_dir, f"shard-{s}", f"part-{p}.parquet"))
+    storage.rmtree(spill)
 
 
 def _partition(keys: pa.ChunkedArray, n_parts: int) -> np.ndarray:
@@ -169,10 +168,10 @@ def patch_shard(source: str, target: str, blocks: list[str], stage_name: str,
     """A group pass's decided rows (``__row`` + the columns that travelled) put back into the shard's
     rows from ``source`` (``columns`` of them, or all); returns the pass's counts for the shard (the
     local runner's definition)."""
-    full = pq.read_table(source, columns=columns)
+    full = storage.read_parquet(source, columns=columns)
     live_before = plan_mod.count_live(full)
     if blocks:
-        decided = pa.concat_tables([pq.read_table(p) for p in blocks], promote_options="permissive")
+        decided = pa.concat_tables([storage.read_parquet(p) for p in blocks], promote_options="permissive")
         index = np.arange(full.num_rows)
         index[decided[ROW].to_numpy()] = full.num_rows + np.arange(decided.num_rows)
         index = pa.array(index)
@@ -183,7 +182,7 @@ def patch_shard(source: str, target: str, blocks: list[str], stage_name: str,
                 full = full.set_column(full.schema.get_field_index(name), name, new)
     rundir.write_parquet_atomic(full, target)
     for p in blocks:
-        os.remove(p)
+        storage.remove(p)
     mask = pc.fill_null(pc.equal(full[REJECT_STAGE], stage_name), False)
     rejected = Counter(full.filter(mask)[REJECT_REASON].to_pylist())
     return {"rows_in": live_before, "kept": live_before - sum(rejected.values()),
@@ -192,7 +191,7 @@ def patch_shard(source: str, target: str, blocks: list[str], stage_name: str,
 
 def apply_columns(full_path: str, narrow_path: str, target: str, columns: list[str]) -> None:
     """The shard's full rows with ``columns`` taken from its narrow decided copy (same rows, same order)."""
-    full, narrow = pq.read_table(full_path), pq.read_table(narrow_path)
+    full, narrow = storage.read_parquet(full_path), storage.read_parquet(narrow_path)
     for name in columns:
         if name in narrow.column_names:
             values = narrow[name]

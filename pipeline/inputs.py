@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from winnow.pipeline.fingerprint import shard_key
 from winnow.pipeline.readers.img2dataset import download_outcomes, read_files
 from winnow.pipeline.readers.layout import list_paths, sidecar
 from winnow.pipeline.readers.webdataset import read_webdataset
+from winnow.stages import storage
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE
 from winnow.stages.errors import WinnowError
 
@@ -79,8 +79,8 @@ def list_shards(spec: str) -> list[Shard]:
         try:
             key = shard_key(p, fmt)
         except OSError as exc:
-            raise WinnowError(f"input {p}: cannot be read ({exc.strerror or exc})") from None
-        shards.append(Shard(p, i, fmt, key, os.path.relpath(p, root)))
+            raise storage.error(p, "input", exc) from None
+        shards.append(Shard(p, i, fmt, key, storage.relpath(p, root)))
     return shards
 
 
@@ -105,7 +105,7 @@ def read_shard(shard: Shard, columns: dict[str, str] | None = None) -> pa.Table:
 def source_names(shard: Shard) -> list[str]:
     """The shard's own column names, before canonicalize (Parquet: from its footer)."""
     if shard.format == "parquet":
-        return pq.read_schema(shard.path).names
+        return storage.read_schema(shard.path).names
     return _read_raw(shard)[0].column_names
 
 
@@ -138,29 +138,28 @@ def count_rows(shard: Shard, columns: dict[str, str] | None = None) -> int:
     """Rows of an input shard as it is now (Parquet, and tars or folders with img2dataset's Parquet: from
     its footer, which lists every row), for the conservation check."""
     if shard.format == "parquet" or shard.format == "files":
-        return pq.read_metadata(shard.path).num_rows
-    if shard.format == "webdataset" and os.path.isfile(sidecar(shard.path)):
-        return pq.read_metadata(sidecar(shard.path)).num_rows
+        return storage.read_metadata(shard.path).num_rows
+    if shard.format == "webdataset" and storage.isfile(sidecar(shard.path)):
+        return storage.read_metadata(sidecar(shard.path)).num_rows
     return read_shard(shard, columns).num_rows
 
 
 def _read_raw(shard: Shard) -> tuple[pa.Table, list[str | None] | None]:
     if shard.format == "parquet":
-        return pq.read_table(shard.path), None
+        return storage.read_parquet(shard.path), None
     if shard.format == "webdataset":
         return read_webdataset(shard.path)
     if shard.format == "files":
         return read_files(shard.path)
     if shard.format == "jsonl":
-        with open(shard.path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in storage.read_text(shard.path).splitlines() if line.strip()]
         return (pa.Table.from_pylist(rows) if rows else pa.table({})), None
     return _read_delimited(shard.path, "\t" if shard.format == "tsv" else ","), None
 
 
 def _read_delimited(path: str, delimiter: str) -> pa.Table:
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        first = f.readline()
+    with storage.open_input(path, seekable=False) as f:
+        first = f.read(1 << 16).split(b"\n", 1)[0].decode("utf-8", errors="replace")
     header = next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
     known = {a for names in ALIASES.values() for a in names}
     has_header = any(h.strip() in known for h in header)
@@ -170,7 +169,8 @@ def _read_delimited(path: str, delimiter: str) -> pa.Table:
     # Everything as strings: a caption like "1984" must not become an integer.
     names = header if has_header else read.column_names
     convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False)
-    return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+    with storage.open_input(path, seekable=False) as f:
+        return pacsv.read_csv(f, read_options=read, parse_options=parse, convert_options=convert)
 
 
 def _headerless_names(first_row: list[str]) -> list[str]:

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from winnow.pipeline.rundir import kept_part, manifest_part, write_parquet_atomic
+from winnow.stages import storage
 from winnow.stages.columns import REJECT_STAGE
 
 # Columns never copied into the manifest: bytes belong in kept/, not in the decision record.
@@ -44,12 +43,12 @@ def shard_outputs(part: str, stem: str, out: str, write_kept: bool, in_pass: boo
     import pyarrow.compute as pc
 
     manifest, kept = manifest_part(out, stem), kept_part(out, stem)
-    if not (in_pass and os.path.exists(manifest) and (not write_kept or os.path.exists(kept))):
-        write_table_outputs(pq.read_table(part), stem, out, write_kept)
-    rows = pq.read_metadata(manifest).num_rows
+    if not (in_pass and storage.exists(manifest) and (not write_kept or storage.exists(kept))):
+        write_table_outputs(storage.read_parquet(part), stem, out, write_kept)
+    rows = storage.read_metadata(manifest).num_rows
     if write_kept:
-        return rows, pq.read_metadata(kept).num_rows
-    decided = pq.read_table(manifest, columns=[REJECT_STAGE])[REJECT_STAGE]
+        return rows, storage.read_metadata(kept).num_rows
+    decided = storage.read_parquet(manifest, columns=[REJECT_STAGE])[REJECT_STAGE]
     return rows, rows - pc.count(decided, mode="only_valid").as_py()
 
 
@@ -69,7 +68,8 @@ def input_listing(shards, rows: dict[int, int]) -> list[dict]:
     """The input as this run read it: per shard its path, size, fingerprint key, output stem and rows."""
     out = []
     for s in shards:
-        st = os.stat(s.path)
-        out.append({"index": s.index, "path": os.path.abspath(s.path), "format": s.format, "bytes": st.st_size,
-                    "mtime": int(st.st_mtime), "key": s.key, "stem": s.stem, "rows": rows.get(s.index)})
+        st = storage.info(s.path)
+        mtime = int(st.mtime.timestamp()) if st.mtime is not None else None
+        out.append({"index": s.index, "path": storage.abspath(s.path), "format": s.format, "bytes": st.size,
+                    "mtime": mtime, "key": s.key, "stem": s.stem, "rows": rows.get(s.index)})
     return out

@@ -9,11 +9,11 @@ fingerprint still matches, with a warning) is given.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from winnow.pipeline import fingerprint, rundir
 from winnow.pipeline.fingerprint import RunFingerprints
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 RESUME_MODES = ("auto", "force")
@@ -44,7 +44,7 @@ def prepare(out: str, fps: RunFingerprints, record: dict, shards, write_kept: bo
 def _previous(out: str) -> dict | None:
     """The recorded run in ``out``; {} when run files exist but no record does; None when empty."""
     path = rundir.run_record_path(out)
-    if os.path.exists(path):
+    if storage.exists(path):
         try:
             return rundir.read_json(path)
         except (OSError, ValueError):

@@ -1,14 +1,12 @@
 """Run a pipeline end to end with a chosen runner and write OUT/ as DESIGN.md §5 says."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from winnow.pipeline import fingerprint, outputs, rundir, runlock
 from winnow.pipeline import plan as plan_mod
@@ -26,6 +24,7 @@ from winnow.pipeline.inputs import (
     source_names,
 )
 from winnow.pipeline.stats import Progress
+from winnow.stages import storage
 from winnow.stages.columns import ensure_reject_columns
 from winnow.stages.errors import WinnowError
 
@@ -38,6 +37,8 @@ def execute(cfg: PipelineConfig, out: str, runner: str = "local", address: str |
     (only pieces whose fingerprints still match are reused). See ``pipeline/resume.py``. The output's lock
     is held throughout, ``--fresh``'s clearing included (one run per output directory; see runlock).
     """
+    if cfg.storage:
+        storage.configure(**cfg.storage)
     rundir.ensure_writable_dir(out)
     with runlock.held(out):
         return _execute(cfg, out, runner, address, progress, fresh, resume)
@@ -87,7 +88,7 @@ def _execute(cfg: PipelineConfig, out: str, runner: str, address: str | None, pr
         run_stats["resumed"] = resumed
     rundir.write_json_atomic(run_stats, rundir.stats_path(out))
     rundir.write_json_atomic({
-        "config": cfg.to_dict() | {"output": os.path.abspath(out)},
+        "config": cfg.to_dict() | {"output": storage.abspath(out)},
         "runner": runner,
         "versions": outputs.package_versions(),
         "models": {s.instance_name: s.provenance() for s in stages if s.provenance()},
@@ -120,7 +121,7 @@ def check_input(stages, shards: list[Shard], columns: dict) -> dict:
             raise WinnowError(f"input {shard.path}: cannot be read as {shard.format} "
                               f"({str(exc).splitlines()[0]})") from None
         if shard.format == "parquet":
-            table = canonicalize(pq.read_schema(shard.path).empty_table(), columns, shard.path)
+            table = canonicalize(storage.read_schema(shard.path).empty_table(), columns, shard.path)
             if "uid" not in table.column_names:
                 table = table.append_column("uid", pa.array([], pa.string()))
         else:
@@ -163,7 +164,7 @@ def check_unique_uids(manifests: list[str]) -> None:
     shards). 64-bit hashes of the uids are compared first, so only a real repeat costs a second look."""
     hashes, owners = [], []
     for i, path in enumerate(manifests):
-        uids = pq.read_table(path, columns=["uid"])["uid"].to_numpy(zero_copy_only=False)
+        uids = storage.read_parquet(path, columns=["uid"])["uid"].to_numpy(zero_copy_only=False)
         hashes.append(pd.util.hash_array(uids.astype(object)))
         owners.append(np.full(len(uids), i, np.int32))
     if not hashes:
@@ -176,8 +177,8 @@ def check_unique_uids(manifests: list[str]) -> None:
     where = np.concatenate(owners)[order]
     for r in repeats:
         a, b = manifests[where[r]], manifests[where[r + 1]]
-        uids_a = set(pq.read_table(a, columns=["uid"])["uid"].to_pylist())
-        common = uids_a & set(pq.read_table(b, columns=["uid"])["uid"].to_pylist()) if a != b else set()
+        uids_a = set(storage.read_parquet(a, columns=["uid"])["uid"].to_pylist())
+        common = uids_a & set(storage.read_parquet(b, columns=["uid"])["uid"].to_pylist()) if a != b else set()
         if common:
             raise WinnowError(f"uid '{sorted(common)[0]}' occurs in more than one input shard (manifest {a} and "
                               f"{b}); uids must be unique across the input")

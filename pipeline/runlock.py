@@ -10,7 +10,8 @@ is stale and taken over with a warning. Check-and-replace happens under ``flock`
 directory, so of two newcomers racing for one stale lock, the second re-reads the first's fresh lock
 and refuses. Where the file system cannot ``flock`` a directory, a stale lock is not taken over (that
 could let two newcomers win); the error says to delete it. A lock held on another host is never taken
-over: this host cannot tell whether that process is alive.
+over: this host cannot tell whether that process is alive. On an object store (no exclusive create, no
+flock) the lock is an object written, then read back after a pause: see ``_acquire_remote``.
 """
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ import uuid
 from dataclasses import dataclass
 
 from winnow.pipeline import rundir
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 SERIALISE_WAIT_S = 10.0
+REMOTE_SETTLE_S = 0.5  # between writing a lock object and reading it back (see _acquire_remote)
 
 @dataclass
 class Lock:
@@ -51,6 +54,8 @@ def acquire(out: str) -> Lock:
     path = rundir.lock_path(out)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "proc_start": _proc_start(os.getpid()),
           "token": uuid.uuid4().hex}
+    if storage.is_remote(out):
+        return _acquire_remote(out, path, me)
     with _serialised(out) as serialised:
         holder = _read(path)
         if holder is not None:
@@ -77,8 +82,35 @@ def acquire(out: str) -> Lock:
     return Lock(out, path, me["token"])
 
 
+def _acquire_remote(out: str, path: str, me: dict) -> Lock:
+    """An object store has no exclusive create (through Arrow) and no flock: write the lock object, wait,
+    read it back. Of two runs racing, the later PUT wins and the earlier one reads the other's token and
+    refuses; runs that start ``REMOTE_SETTLE_S`` apart always see each other. A stale lock (same host, dead
+    pid) is taken over as on disk; one of another host never is."""
+    holder = _read(path)
+    if holder is not None:
+        if holder.get("host") != me["host"] or _alive(holder):
+            raise WinnowError(f"{_in_use(out, holder)}; wait for it, pick another --output, or delete {path} "
+                              "if that run is gone")
+        print(f"winnow: warning: output {out}: took over the lock of pid {holder.get('pid')} on host "
+              f"{holder.get('host')} since {holder.get('started')}, which is no longer running", file=sys.stderr)
+    storage.write_json(me, path)
+    time.sleep(REMOTE_SETTLE_S)
+    holder = _read(path) or {}
+    if holder.get("token") != me["token"]:
+        raise WinnowError(f"{_in_use(out, holder)}; wait for it or pick another --output")
+    return Lock(out, path, me["token"])
+
+
 def release(lock: Lock) -> None:
     """Remove the lock if it is still ours (never one a later run took over)."""
+    if storage.is_remote(lock.out):
+        try:
+            if (_read(lock.path) or {}).get("token") == lock.token:
+                storage.remove(lock.path)
+        except (OSError, WinnowError):
+            pass
+        return
     try:
         with _serialised(lock.out):
             holder = _read(lock.path)
@@ -95,8 +127,9 @@ def _in_use(out: str, holder: dict) -> str:
 
 def _read(path: str) -> dict | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        if storage.is_remote(path) and not storage.exists(path):
+            return None
+        text = storage.read_text(path)
     except FileNotFoundError:
         return None
     try:

@@ -20,6 +20,7 @@ import time
 
 import yaml
 
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 PIPELINE_ENV = "WINNOW_PIPELINE_YAML"
@@ -29,10 +30,10 @@ ROOTS = ("pipeline", "stages", "kernels")
 def main(args) -> int:
     from winnow.pipeline.config import load_pipeline
 
-    cfg = load_pipeline(args.pipeline, {"output": args.output})
+    cfg = load_pipeline(args.pipeline, {"output": args.output, "storage": _endpoint(args)})
     if not cfg.output:
         raise WinnowError(f"{args.pipeline}: no 'output' in the file and no --output given")
-    resolved = cfg.to_dict() | {"output": os.path.abspath(cfg.output)}
+    resolved = cfg.to_dict() | {"output": storage.abspath(cfg.output)}
     if "://" not in cfg.input:
         resolved["input"] = os.path.abspath(cfg.input)
     client = _client(args.address)
@@ -54,6 +55,11 @@ def main(args) -> int:
         print(f"follow it with: ray job logs --address {args.address} --follow {job_id}")
         return 0
     return _follow(client, job_id)
+
+
+def _endpoint(args) -> dict | None:
+    url = getattr(args, "endpoint_url", None)
+    return {"endpoint_url": url} if url else None
 
 
 def _stage_package(staging: str) -> str:

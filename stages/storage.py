@@ -18,7 +18,6 @@ else ``AWS_ENDPOINT_URL``, as boto3 and the AWS CLI read them. Credentials come 
 """
 from __future__ import annotations
 
-import fnmatch
 import glob as globlib
 import json
 import os
@@ -201,9 +200,18 @@ def isdir(path: str) -> bool:
 
 
 def getsize(path: str) -> int:
+    return stat(path)[0]
+
+
+def stat(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a file or object (a store keeps seconds)."""
     if not is_remote(path):
-        return os.path.getsize(_local(path))
-    return info(path).size
+        st = os.stat(_local(path))
+        return st.st_size, st.st_mtime_ns
+    i = info(path)
+    if i.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(2, "No such file or directory", path)
+    return i.size or 0, i.mtime_ns or 0
 
 
 def listdir(path: str) -> list[str]:
@@ -213,6 +221,16 @@ def listdir(path: str) -> list[str]:
     fs, p = resolve(path)
     entries = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     return sorted(posixpath.basename(e.path.rstrip("/")) for e in entries)
+
+
+def list_entries(path: str) -> dict[str, bool]:
+    """What is directly under a folder, in one listing: full path (as ``path`` spells it) -> is a folder."""
+    if not is_remote(path):
+        root = _local(path)
+        return {os.path.join(root, n): os.path.isdir(os.path.join(root, n)) for n in sorted(os.listdir(root))}
+    fs, p = resolve(path)
+    entries = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return {_url_of(path, e.path): e.type == pafs.FileType.Directory for e in sorted(entries, key=lambda e: e.path)}
 
 
 def list_files(path: str, recursive: bool = False) -> list[str]:
@@ -236,14 +254,41 @@ def _url_of(like: str, inner: str) -> str:
 
 
 def glob(pattern: str) -> list[str]:
-    """Files matching a glob (``*``, ``?``, ``[...]``); on a store, the prefix before the first wildcard
-    is listed and matched, ``**`` crossing folders as ``*`` does in fnmatch."""
+    """Files matching a glob (``*`` and ``?`` within a folder, ``[...]``, ``**/`` across any number of
+    folders, as Python's recursive glob); on a store the prefix before the first wildcard is listed once."""
     if not is_remote(pattern):
         return sorted(p for p in globlib.glob(_local(pattern), recursive=True) if os.path.isfile(p))
     head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
     base = head.rsplit("/", 1)[0]
-    deep = pattern[len(base):].count("/") > 1 or "**" in pattern
-    return [p for p in list_files(base, recursive=deep) if fnmatch.fnmatchcase(p, pattern)]
+    rx = re.compile(_glob_regex(pattern))
+    deep = "**" in pattern or pattern[len(base) + 1:].count("/") > 0
+    return [p for p in list_files(base, recursive=deep) if rx.fullmatch(p)]
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
+            j = pattern.index("]", i + 1)
+            body = pattern[i + 1:j]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -268,11 +313,25 @@ def read_json(path: str):
     return json.loads(read_bytes(path))
 
 
-def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(path: str, columns: list[str] | None = None, filters=None) -> pa.Table:
     if not is_remote(path):
-        return pq.read_table(_local(path), columns=columns)
+        return pq.read_table(_local(path), columns=columns, filters=filters)
     fs, p = resolve(path)
-    return pq.read_table(p, columns=columns, filesystem=fs)
+    return pq.read_table(p, columns=columns, filters=filters, filesystem=fs)
+
+
+def dataset(path: str):
+    """A ``pyarrow.dataset`` of Parquet at a file, folder or glob, on any filesystem this module reaches."""
+    import pyarrow.dataset as ds
+
+    if any(ch in path for ch in "*?["):
+        files = glob(path)
+        if not files:
+            raise FileNotFoundError(2, "no Parquet files match", path)
+        fs = resolve(files[0])[0]
+        return ds.dataset([resolve(f)[1] for f in files], filesystem=fs, format="parquet")
+    fs, p = resolve(path)
+    return ds.dataset(p, filesystem=fs, format="parquet")
 
 
 def parquet_file(path: str) -> pq.ParquetFile:

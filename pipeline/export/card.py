@@ -7,17 +7,17 @@ the publisher to fill: winnow cannot know the rights to the images and captions.
 from __future__ import annotations
 
 import json
-import os
 
 import pyarrow as pa
 import yaml
 
 from winnow.pipeline import rundir
 from winnow.pipeline.export.source import read_record
+from winnow.stages import storage
 
 
 def dataset_card(run_dir: str, kept, schema: pa.Schema, files: int, num_bytes: int) -> str:
-    stats = read_record(run_dir, rundir.stats_path(run_dir)) if os.path.exists(rundir.stats_path(run_dir)) else {}
+    stats = read_record(run_dir, rundir.stats_path(run_dir)) if storage.exists(rundir.stats_path(run_dir)) else {}
     record = kept.record
     features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
     front = {

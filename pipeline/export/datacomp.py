@@ -11,11 +11,11 @@ import re
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from winnow.pipeline import rundir
-from winnow.pipeline.export.source import check_run, parquet_files
+from winnow.pipeline.export.source import check_run, parquet_files, read_record
 from winnow.pipeline.export.spec import ExportSpec
+from winnow.stages import storage
 from winnow.stages.columns import REJECT_STAGE
 from winnow.stages.errors import WinnowError
 
@@ -27,8 +27,9 @@ SUBSET_DTYPE = np.dtype([("f0", "<u8"), ("f1", "<u8")])
 def kept_uids(run_dir: str) -> list[str]:
     check_run(run_dir)
     uids = []
-    for part in parquet_files(rundir.manifest_dir(run_dir)):
-        table = pq.read_table(part, columns=["uid", REJECT_STAGE])
+    record = read_record(run_dir, rundir.pipeline_record_path(run_dir))
+    for part in parquet_files(rundir.manifest_dir(run_dir), record):
+        table = storage.read_parquet(part, columns=["uid", REJECT_STAGE])
         uids += table.filter(pc.is_null(table[REJECT_STAGE]))["uid"].to_pylist()
     return uids
 

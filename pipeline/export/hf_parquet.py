@@ -19,6 +19,7 @@ from winnow.pipeline import rundir
 from winnow.pipeline.export.card import dataset_card
 from winnow.pipeline.export.source import KeptSet, sample_key, sniff
 from winnow.pipeline.export.spec import ExportSpec
+from winnow.stages import storage
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 PART_NAME = re.compile(r"train-\d{5}-of-\d{5}\.parquet(\.tmp-\d+)?")
@@ -32,17 +33,17 @@ VALUE_DTYPES = {pa.string(): "string", pa.large_string(): "large_string", pa.boo
 def export_parquet(run_dir: str, spec: ExportSpec, seed: int) -> dict:
     kept = KeptSet(run_dir)
     folder = rundir.export_dir(run_dir, spec.output, spec.format)
-    rundir.ensure_writable_dir(os.path.join(folder, "data"))
+    rundir.ensure_writable_dir(storage.join(folder, "data"))
     card = rundir.hf_card_path(folder)
-    if os.path.exists(card):  # the card marks the export done: removed first, written last
-        os.remove(card)
+    if storage.exists(card):  # the card marks the export done: removed first, written last
+        storage.remove(card)
     per_file = spec.samples_per_shard
     count = max(1, math.ceil(kept.num_rows / per_file))
     names = {os.path.basename(rundir.hf_part_path(folder, i, count)) for i in range(count)}
-    data_dir = os.path.join(folder, "data")
-    for name in os.listdir(data_dir):  # parts of an earlier export with another file count, or killed mid-write
+    data_dir = storage.join(folder, "data")
+    for name in storage.listdir(data_dir):  # parts of an earlier export with another file count, or killed mid-write
         if PART_NAME.fullmatch(name) and name not in names:
-            os.remove(os.path.join(data_dir, name))
+            storage.remove(storage.join(data_dir, name))
     extra = [c for c in kept.scalar_columns() if c not in ("image",)]
     columns = list(dict.fromkeys(["uid", "image", kept.text_column, *extra]))
     schema = hf_schema(kept.schema, extra)
@@ -57,7 +58,7 @@ def export_parquet(run_dir: str, spec: ExportSpec, seed: int) -> dict:
     if index < count:  # the last, shorter file (or the only, empty one)
         rest = pa.concat_tables(pending) if pending else _empty(kept.schema, columns)
         _write_part(rest, kept.text_column, extra, schema, rundir.hf_part_path(folder, index, count))
-    size = sum(os.path.getsize(rundir.hf_part_path(folder, i, count)) for i in range(count))
+    size = sum(storage.getsize(rundir.hf_part_path(folder, i, count)) for i in range(count))
     rundir.write_bytes_atomic(dataset_card(run_dir, kept, schema, count, size).encode("utf-8"), card)
     return {"format": spec.format, "output": folder, "samples": kept.num_rows, "files": count}
 

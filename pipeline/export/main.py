@@ -9,6 +9,7 @@ from winnow.pipeline.export.hf_parquet import export_parquet
 from winnow.pipeline.export.source import check_run, read_record
 from winnow.pipeline.export.spec import ExportSpec, parse_export
 from winnow.pipeline.export.webdataset import export_webdataset
+from winnow.stages import storage
 
 WRITERS = {"webdataset": export_webdataset, "datacomp-subset": export_datacomp, "parquet": export_parquet}
 
@@ -32,7 +33,7 @@ def main(args) -> int:
     if args.seed is not None:
         entry["seed"] = args.seed
     spec = parse_export({k: v for k, v in entry.items() if v is not None}, f"export {args.format}")
-    result = run_export(os.path.normpath(args.run_dir), spec)
+    result = run_export(args.run_dir if storage.is_remote(args.run_dir) else os.path.normpath(args.run_dir), spec)
     print(summary(result))
     return 0
 

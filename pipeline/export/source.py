@@ -12,9 +12,9 @@ import re
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from winnow.pipeline import rundir
+from winnow.stages import storage
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE
 from winnow.stages.errors import WinnowError
 
@@ -24,9 +24,9 @@ BOOKKEEPING = ("__winnow",)
 
 
 def check_run(run_dir: str) -> None:
-    if not os.path.isdir(run_dir):
+    if not storage.isdir(run_dir):
         raise WinnowError(f"run directory {run_dir}: not found")
-    if not os.path.isfile(rundir.pipeline_record_path(run_dir)) or not os.path.isdir(rundir.manifest_dir(run_dir)):
+    if not storage.isfile(rundir.pipeline_record_path(run_dir)) or not storage.isdir(rundir.manifest_dir(run_dir)):
         raise WinnowError(f"run directory {run_dir}: not a finished winnow run (no pipeline.json or manifest/)")
 
 
@@ -37,9 +37,21 @@ def read_record(run_dir: str, path: str) -> dict:
         raise WinnowError(f"run directory {run_dir}: cannot read {os.path.basename(path)} ({exc})") from None
 
 
-def parquet_files(folder: str) -> list[str]:
-    """A run's parts in name order: the export order when not shuffled (names follow the input shards)."""
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
+def parquet_files(folder: str, record: dict | None = None) -> list[str]:
+    """A run's parts in name order: the export order when not shuffled (names follow the input shards).
+
+    With the run's record, the parts are the ones its input listing names, each asked for by name: a
+    store's listing may lag behind its writes, and a part missing from a listing would silently shrink
+    the export. A part the record names that is absent is one line."""
+    stems = [i.get("stem") for i in (record or {}).get("inputs", [])]
+    if not stems or not all(stems):
+        return sorted(storage.join(folder, n) for n in storage.listdir(folder) if n.endswith(".parquet"))
+    parts = sorted(storage.join(folder, f"part-{stem}.parquet") for stem in stems)
+    missing = next((p for p in parts if not storage.exists(p)), None)
+    if missing:
+        raise WinnowError(f"run directory: {missing} is missing, though the run's pipeline.json lists its shard; "
+                          "rerun the pipeline to rewrite it")
+    return parts
 
 
 def sample_key(uid: str) -> str:
@@ -77,13 +89,13 @@ class KeptSet:
         folder = rundir.kept_dir(run_dir)
         self.record = read_record(run_dir, rundir.pipeline_record_path(run_dir))
         # An earlier run's kept/ may remain (emptied) after a rerun without it: the record decides.
-        if not os.path.isdir(folder) or not self.record.get("config", {}).get("write_kept", True):
+        if not storage.isdir(folder) or not self.record.get("config", {}).get("write_kept", True):
             raise WinnowError(f"run directory {run_dir}: no kept set (kept/); this export needs the kept rows "
                               f"with image bytes: rerun with write_kept: true (`winnow stage ... --kept`)")
-        self.run_dir, self.parts = run_dir, parquet_files(folder)
-        schemas = [pq.read_schema(p) for p in self.parts]
+        self.run_dir, self.parts = run_dir, parquet_files(folder, self.record)
+        schemas = [storage.read_schema(p) for p in self.parts]
         self.schema = schemas[0] if schemas else pa.schema([])
-        self.counts = [pq.read_metadata(p).num_rows for p in self.parts]
+        self.counts = [storage.read_metadata(p).num_rows for p in self.parts]
         names = set(self.schema.names)
         if self.parts and "image" not in names:
             raise WinnowError(f"run directory {run_dir}: kept/ has no 'image' column (no image bytes to export)")
@@ -118,10 +130,10 @@ class KeptSet:
         ranks takes its rows from the parts that hold them (one block's rows in memory)."""
         if not shuffle:
             for part in self.parts:
-                for batch in pq.ParquetFile(part).iter_batches(batch_size=block, columns=columns):
+                for batch in storage.parquet_file(part).iter_batches(batch_size=block, columns=columns):
                     yield pa.Table.from_batches([batch])
             return
-        uids = [u for p in self.parts for u in pq.read_table(p, columns=["uid"])["uid"].to_pylist()]
+        uids = [u for p in self.parts for u in storage.read_parquet(p, columns=["uid"])["uid"].to_pylist()]
         order = shuffle_rank(uids, seed)
         starts = np.cumsum([0] + self.counts)
         for lo in range(0, len(order), block):
@@ -131,7 +143,7 @@ class KeptSet:
             offset = 0
             for k in np.unique(owner):
                 mine = np.flatnonzero(owner == k)
-                table = pq.read_table(self.parts[k], columns=columns).take(pa.array(ranks[mine] - starts[k]))
+                table = storage.read_parquet(self.parts[k], columns=columns).take(pa.array(ranks[mine] - starts[k]))
                 pieces.append(table)
                 where[mine] = np.arange(offset, offset + len(mine))
                 offset += len(mine)

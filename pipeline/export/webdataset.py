@@ -19,6 +19,7 @@ import sys
 from winnow.pipeline import rundir
 from winnow.pipeline.export.source import KeptSet, sample_key, sniff
 from winnow.pipeline.export.spec import ExportSpec
+from winnow.stages import storage
 
 SHARD_NAME = re.compile(r"\d{8}\.tar")
 TEMP_NAME = re.compile(r"\d{8}\.tar\.tmp-\d+")
@@ -29,8 +30,8 @@ def export_webdataset(run_dir: str, spec: ExportSpec, seed: int) -> dict:
     folder = rundir.export_dir(run_dir, spec.output, spec.format)
     rundir.ensure_writable_dir(folder)
     _remove(folder, TEMP_NAME)  # what a killed export left
-    if os.path.exists(rundir.wds_sizes_path(folder)):  # the completion marker goes first, comes back last
-        os.remove(rundir.wds_sizes_path(folder))
+    if storage.exists(rundir.wds_sizes_path(folder)):  # the completion marker goes first, comes back last
+        storage.remove(rundir.wds_sizes_path(folder))
     skipped: list[str] = []
     samples = _samples(kept, spec, seed, skipped)
     sizes, index = {}, 0
@@ -117,6 +118,6 @@ def _finite(value):
 
 
 def _remove(folder: str, pattern: re.Pattern, keep: set[str] = frozenset()) -> None:
-    for name in os.listdir(folder):
+    for name in storage.listdir(folder):
         if pattern.fullmatch(name) and name not in keep:
-            os.remove(os.path.join(folder, name))
+            storage.remove(storage.join(folder, name))

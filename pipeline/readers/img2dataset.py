@@ -8,12 +8,11 @@ read the same in the manifest, and a failed row is never fetched again.
 """
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 
 from winnow.pipeline.readers.layout import read_listing, stem_of
 from winnow.pipeline.readers.webdataset import IMAGE_EXTS
+from winnow.stages import storage
 from winnow.stages.download.reasons import classify
 
 STATUSES = {"success", "failed_to_download", "failed_to_resize"}
@@ -40,18 +39,17 @@ def read_files(path: str) -> tuple[pa.Table, list[str | None]]:
     folder = stem_of(path)
     meta = read_listing(path, f"the files in {folder}/")
     by_key: dict[str, tuple[str, str]] = {}
-    for name in sorted(os.listdir(folder)):
+    for name in storage.listdir(folder):
         key, _, ext = name.partition(".")
         if ext.lower() in IMAGE_EXTS and key not in by_key:
-            by_key[key] = (os.path.join(folder, name), ext.lower())
+            by_key[key] = (storage.join(folder, name), ext.lower())
     statuses = meta["status"].to_pylist() if "status" in meta.column_names else ["success"] * meta.num_rows
     images, formats, reasons = [], [], []
     for key, status in zip(meta["key"].to_pylist(), statuses):
         found = by_key.get(key) if status == "success" else None
         data = None
         if found is not None:
-            with open(found[0], "rb") as f:
-                data = f.read()
+            data = storage.read_bytes(found[0])
         images.append(data)
         formats.append(found[1] if found else None)
         reasons.append("missing_image_file" if status == "success" and found is None else None)

@@ -8,13 +8,12 @@ folder beside them and are never read as shards of their own (a ``_stats.json`` 
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
@@ -58,37 +57,57 @@ def sidecar(path: str) -> str:
     return stem_of(path) + ".parquet"
 
 
-def shard_of(path: str) -> tuple[str, str] | None:
-    """(shard path, format) a file stands for: a sidecar Parquet stands for its tar or its files folder."""
+def shard_of(path: str, listing: dict[str, bool] | None = None) -> tuple[str, str] | None:
+    """(shard path, format) a file stands for: a sidecar Parquet stands for its tar or its files folder.
+    ``listing`` (path -> is a folder) answers from one listing of the folder instead of a request per file,
+    which on a store is a round trip each."""
+    def isfile(p: str) -> bool:
+        return listing.get(p) is False if listing is not None else storage.isfile(p)
+
+    def isdir(p: str) -> bool:
+        return bool(listing.get(p)) if listing is not None else storage.isdir(p)
+
     fmt = format_of(path)
     if fmt == "parquet":
-        if os.path.isfile(stem_of(path) + ".tar"):
+        if isfile(stem_of(path) + ".tar"):
             return stem_of(path) + ".tar", "webdataset"
-        if os.path.isdir(stem_of(path)) and os.path.isfile(stem_of(path) + STATS_SUFFIX):  # img2dataset's "files"
+        if isdir(stem_of(path)) and isfile(stem_of(path) + STATS_SUFFIX):  # img2dataset's "files"
             return path, "files"
     return (path, fmt) if fmt else None
 
 
 def list_paths(spec: str) -> tuple[str, list[tuple[str, str]]]:
     """(root, sorted unique (path, format)) for a file, directory, glob or brace pattern."""
-    if os.path.isdir(spec):
+    try:
+        return _list_paths(spec)
+    except OSError as exc:  # a store's error (no bucket, no credentials, ...): one line naming the input
+        raise storage.error(spec, "input", exc) from None
+
+
+def _list_paths(spec: str) -> tuple[str, list[tuple[str, str]]]:
+    kind = None if _BRACE.search(spec) or any(ch in spec for ch in "*?[") else storage.info(spec).type.name
+    if kind == "Directory":
         root = spec
-        found = [shard_of(os.path.join(spec, f)) for f in os.listdir(spec) if os.path.isfile(os.path.join(spec, f))]
+        listing = storage.list_entries(spec)
+        found = [shard_of(p, listing) for p, is_dir in listing.items() if not is_dir]
     elif _BRACE.search(spec):
         root, found = _braced(spec)
-    elif any(ch in spec for ch in "*?["):
+    elif kind is None:
         root = os.path.dirname(re.split(r"[*?\[]", spec, maxsplit=1)[0]) or "."
-        found = [shard_of(p) for p in glob.glob(spec) if os.path.isfile(p)]
-    elif os.path.isfile(spec):
+        found = [shard_of(p) for p in storage.glob(spec)]
+    elif kind == "File":
         if not format_of(spec):
             raise WinnowError(f"input {spec}: unsupported file type; use .parquet, .csv, .tsv, .jsonl or .tar")
         root, found = os.path.dirname(spec) or ".", [shard_of(spec)]
+    elif storage.is_remote(spec) and not storage.exists(spec.split("://", 1)[0] + "://" + _bucket(spec)):
+        raise WinnowError(f"input {spec}: no such bucket '{_bucket(spec)}'")
     else:
-        raise WinnowError(f"input {spec}: no such file or directory")
+        raise WinnowError(f"input {spec}: no such file or directory" if not storage.is_remote(spec) else
+                          f"input {spec}: no object or prefix of that name")
     paths = sorted({f for f in found if f})
     if not paths:
-        hint = ("; a DataComp pool keeps its tars in shards/: use --input " + os.path.join(spec, "shards")
-                if os.path.isdir(os.path.join(spec, "shards")) else "")
+        hint = ("; a DataComp pool keeps its tars in shards/: use --input " + storage.join(spec, "shards")
+                if storage.isdir(storage.join(spec, "shards")) else "")
         raise WinnowError(f"input {spec}: no .parquet, .csv, .tsv, .jsonl or .tar files found{hint}")
     for path, fmt in paths:
         if fmt == "webdataset":
@@ -96,11 +115,15 @@ def list_paths(spec: str) -> tuple[str, list[tuple[str, str]]]:
     return root, paths
 
 
+def _bucket(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
 def _braced(spec: str) -> tuple[str, list]:
     """A brace pattern names exact files, as a trainer reads them: each one must exist."""
     names = expand_braces(spec)
     root = os.path.dirname(spec[:_BRACE.search(spec).start()]) or "."
-    missing = [p for p in names if not os.path.isfile(p)]
+    missing = [p for p in names if not storage.isfile(p)]
     if len(missing) == len(names):
         raise WinnowError(f"input {spec}: the pattern names {len(names)} files and none exists (first: {names[0]})")
     if missing:
@@ -115,10 +138,10 @@ def _braced(spec: str) -> tuple[str, list]:
 def check_tar_has_sidecar(path: str) -> None:
     """In an img2dataset/DataComp folder every tar has its Parquet: without it the rows img2dataset failed
     to download would vanish from the manifest. A lone tar (open_clip, Ray Data) needs none."""
-    if os.path.isfile(sidecar(path)):
+    if storage.isfile(sidecar(path)):
         return
     folder = os.path.dirname(path) or "."
-    if os.path.isfile(stem_of(path) + STATS_SUFFIX) or any(f.endswith(STATS_SUFFIX) for f in os.listdir(folder)):
+    if storage.isfile(stem_of(path) + STATS_SUFFIX) or any(f.endswith(STATS_SUFFIX) for f in storage.listdir(folder)):
         raise WinnowError(f"input {path}: no {os.path.basename(sidecar(path))} beside it, in an img2dataset output "
                           "folder (its failed rows are listed only there); the shard is incomplete: rerun "
                           "img2dataset on it or move the tar out")
@@ -127,7 +150,7 @@ def check_tar_has_sidecar(path: str) -> None:
 def read_listing(path: str, of: str) -> pa.Table:
     """img2dataset's Parquet list of a shard's rows (every row, failures included, keyed by ``key``)."""
     try:
-        meta = pq.read_table(path)
+        meta = storage.read_parquet(path)
     except Exception as exc:
         raise WinnowError(f"input {path}: cannot be read as parquet ({str(exc).splitlines()[0]})") from None
     if "key" not in meta.column_names:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from winnow.pipeline.readers.layout import read_listing, sidecar
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "ppm", "jxl", "avif", "heic")
@@ -44,7 +45,7 @@ def read_tar(path: str) -> TarSamples:
     out = TarSamples()
     current, member = None, None
     try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        with storage.open_input(path, seekable=False) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for info in tar:
                 member = info.name
                 if not info.isfile():
@@ -76,7 +77,7 @@ def read_webdataset(path: str) -> tuple[pa.Table, list[str | None]]:
     """Rows of a tar shard and, per row, the input problem that rejects it (None: none)."""
     tar = read_tar(path)
     side = sidecar(path)
-    if os.path.isfile(side):
+    if storage.isfile(side):
         table, reasons = _with_sidecar(path, side, tar)
     else:
         table, reasons = _alone(tar)

@@ -9,15 +9,13 @@ sidecar, or else from the manifest's ``metaclip_entries``; ``t`` from the artifa
 """
 from __future__ import annotations
 
-import glob
-import json
 import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 THRESHOLD_KEYS = ("threshold", "min_score", "max_score")
@@ -28,13 +26,12 @@ T_KEYS = ("t", "threshold_t", "magic_t")
 
 
 def load_json(path: str, required: bool) -> dict | None:
-    if not os.path.exists(path):
+    if not storage.exists(path):
         if required:
             raise WinnowError(f"{path}: not found; is {os.path.dirname(path) or '.'} a winnow run directory?")
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = storage.read_json(path)
     except (OSError, ValueError) as exc:
         raise WinnowError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -63,9 +60,9 @@ THRESHOLD_ARTIFACT_MAX_BYTES = 1 << 20
 
 
 def artifact(run_dir: str, instance: str, max_bytes: int | None = None) -> dict | None:
-    path = os.path.join(run_dir, "artifacts", f"{instance}.json")
+    path = storage.join(run_dir, "artifacts", f"{instance}.json")
     try:
-        if max_bytes is not None and os.path.getsize(path) > max_bytes:
+        if max_bytes is not None and storage.getsize(path) > max_bytes:
             return None
         return load_json(path, required=False)
     except (OSError, WinnowError):
@@ -189,15 +186,15 @@ def _curves_from_json(art: dict, t, per_group: dict, source: str) -> list[dict]:
 
 
 def _curves_from_parquet(run_dir: str, inst: str, t, per_group: dict) -> list[dict]:
-    for path in sorted(glob.glob(os.path.join(run_dir, "artifacts", "**", "*.parquet"), recursive=True)):
-        rel = os.path.relpath(path, run_dir)
+    for path in (storage.glob(storage.join(run_dir, "artifacts", "**", "*.parquet"))):
+        rel = storage.relpath(path, run_dir)
         if inst not in rel:
             continue
-        schema = pq.read_schema(path)
+        schema = storage.read_schema(path)
         col = next((c for c in COUNT_COLUMNS if c in schema.names and pa.types.is_integer(schema.field(c).type)), None)
         if not col:
             continue
-        table = pq.read_table(path)
+        table = storage.read_parquet(path)
         if "group" not in table.column_names:
             return [{"group": None, "counts": _counts_by_entry(table, col), "t": t, "source": rel}]
         out = []

@@ -10,12 +10,10 @@ of millions of rows gives a page of a few MB in seconds to minutes.
 """
 from __future__ import annotations
 
-import os
 from html import escape
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from winnow.pipeline.report import artifacts as arts
 from winnow.pipeline.report import charts
@@ -23,6 +21,7 @@ from winnow.pipeline.report import heads as hd
 from winnow.pipeline.report import html as h
 from winnow.pipeline.report.images import fetch_rows, thumbnail
 from winnow.pipeline.report.scan import KEPT_KEY, ManifestScanner, column_ranges, histogram_edges, score_columns
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 MAX_REASON_GRIDS = 40
@@ -40,14 +39,14 @@ def main(args) -> int:
 def write_report(run_dir: str, output: str | None = None, *, per_grid: int = 12, sample_shards: int = 4,
                  dup_groups: int = 10, dup_members: int = 6, thumb_px: int = 128, seed: int = 0) -> str:
     """Write the report (default RUN_DIR/report.html) atomically; returns its path."""
-    if not os.path.isdir(run_dir):
+    if not storage.isdir(run_dir):
         raise WinnowError(f"run directory {run_dir}: not found")
     if per_grid < 1 or sample_shards < 1 or thumb_px < 16:
         raise WinnowError("report: --per-grid and --sample-shards must be >= 1 and --thumb-px >= 16")
-    stats_path = os.path.join(run_dir, "stats.json")
+    stats_path = storage.join(run_dir, "stats.json")
     stats = arts.load_json(stats_path, required=True)
     arts.check_stats(stats, stats_path)
-    pipeline = arts.load_json(os.path.join(run_dir, "pipeline.json"), required=False)
+    pipeline = arts.load_json(storage.join(run_dir, "pipeline.json"), required=False)
     types = {s.get("name") or s.get("stage"): str(s.get("stage", "")) for s in arts.stage_specs(pipeline)}
 
     files = _manifest_files(run_dir)
@@ -85,22 +84,18 @@ def write_report(run_dir: str, output: str | None = None, *, per_grid: int = 12,
         ("config", "Run configuration", h.config_block(pipeline)),
     ]
     body = [("summary", "Summary", h.summary(stats))] + sections
-    html = h.page("winnow curation report", os.path.abspath(run_dir), body)
-    out = output or os.path.join(run_dir, "report.html")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(html)
-    os.replace(tmp, out)
+    html = h.page("winnow curation report", storage.abspath(run_dir), body)
+    out = output or storage.join(run_dir, "report.html")
+    storage.write_bytes(html.encode("utf-8"), out)
     return out
 
 
 def _manifest_files(run_dir: str) -> list[tuple[str, str]]:
-    folder = os.path.join(run_dir, "manifest")
-    if not os.path.isdir(folder):
+    folder = storage.join(run_dir, "manifest")
+    if not storage.isdir(folder):
         return []
-    names = sorted(n for n in os.listdir(folder) if n.endswith(".parquet") and ".tmp-" not in n)
-    return [(n.removeprefix("part-").removesuffix(".parquet"), os.path.join(folder, n)) for n in names]
+    names = sorted(n for n in storage.listdir(folder) if n.endswith(".parquet") and ".tmp-" not in n)
+    return [(n.removeprefix("part-").removesuffix(".parquet"), storage.join(folder, n)) for n in names]
 
 
 def _spread(stems: list[str], k: int) -> set[str]:
@@ -115,7 +110,7 @@ def _schema(files: list[tuple[str, str]]) -> pa.Schema | None:
     fields: dict[str, pa.Field] = {}
     for _, path in files:
         try:
-            schema = pq.read_schema(path)
+            schema = storage.read_schema(path)
         except (OSError, pa.ArrowException) as exc:
             raise WinnowError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
         for f in schema:

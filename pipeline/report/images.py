@@ -8,7 +8,6 @@ by the sample, not by the run.
 from __future__ import annotations
 
 import base64
-import glob
 import io
 import os
 import re
@@ -16,7 +15,8 @@ import warnings
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from winnow.stages import storage
 
 # Larger images are not decoded for a preview: their size says enough and decoding costs seconds.
 MAX_PREVIEW_PIXELS = 40_000_000
@@ -32,8 +32,8 @@ def _stem(path: str) -> str | None:
 
 def candidate_files(run_dir: str, stems: set[str]) -> list[str]:
     """kept/ and work/ Parquet files, those of ``stems`` first, later segments before earlier ones."""
-    kept = sorted(glob.glob(os.path.join(run_dir, "kept", "*.parquet")))
-    work = [p for p in glob.glob(os.path.join(run_dir, "work", "**", "*.parquet"), recursive=True)
+    kept = (storage.glob(storage.join(run_dir, "kept", "*.parquet")))
+    work = [p for p in storage.glob(storage.join(run_dir, "work", "**", "*.parquet"))
             if ".tmp-" not in os.path.basename(p)]
 
     def seg(p: str) -> int:
@@ -53,7 +53,7 @@ def fetch_rows(run_dir: str, wanted: dict[str, str | None]) -> dict[str, dict]:
     for path in candidate_files(run_dir, stems):
         if not remaining:
             break
-        pf = pq.ParquetFile(path)
+        pf = storage.parquet_file(path)
         names = pf.schema_arrow.names
         if "uid" not in names or "image" not in names:
             continue

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from winnow.stages import storage
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE
 
 KEPT_KEY = ("", "kept")
@@ -67,7 +67,7 @@ def column_ranges(files: list[str], columns: list[str]) -> dict[str, tuple[float
     hi = {c: -np.inf for c in columns}
     missing: set[str] = set()
     for path in files:
-        md = pq.ParquetFile(path).metadata
+        md = storage.read_metadata(path)
         names = [md.schema.column(j).path for j in range(md.num_columns)]
         for c in columns:
             if c not in names:
@@ -85,8 +85,8 @@ def column_ranges(files: list[str], columns: list[str]) -> dict[str, tuple[float
                 lo[c], hi[c] = min(lo[c], float(st.min)), max(hi[c], float(st.max))
     for c in missing:
         for path in files:
-            if c in pq.read_schema(path).names:
-                values = pq.read_table(path, columns=[c])[c].cast(pa.float64())
+            if c in storage.read_schema(path).names:
+                values = storage.read_parquet(path, columns=[c])[c].cast(pa.float64())
                 mm = pc.min_max(pc.if_else(pc.is_nan(values), None, values)).as_py()
                 if mm["min"] is not None:
                     lo[c], hi[c] = min(lo[c], mm["min"]), max(hi[c], mm["max"])
@@ -117,7 +117,7 @@ class ManifestScanner:
 
     def scan(self, files: list[tuple[str, str]], sample_stems: set[str]) -> ScanResult:
         for stem, path in files:
-            pf = pq.ParquetFile(path)
+            pf = storage.parquet_file(path)
             names = pf.schema_arrow.names
             extra = [c for o in self.observers for c in o.columns]
             wanted = list(dict.fromkeys(c for c in (*ROW_FIELDS, *self.result.histograms, *extra) if c in names))

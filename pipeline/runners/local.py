@@ -6,11 +6,9 @@ a rerun skips whatever exists, so an interrupted run resumes.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from winnow.pipeline import outputs, rundir
 from winnow.pipeline import plan as plan_mod
@@ -20,6 +18,7 @@ from winnow.pipeline.groups import group_barrier
 from winnow.pipeline.inputs import Shard, read_shard
 from winnow.pipeline.rundir import FINGERPRINT, INPUT_ROWS, part_path
 from winnow.pipeline.stats import Progress
+from winnow.stages import storage
 from winnow.stages.base import GlobalStage, GroupStage, Stage
 from winnow.stages.columns import ensure_reject_columns
 
@@ -67,7 +66,7 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
 
 def _load_input(out: str, k: int, shard: Shard, columns: dict[str, str], stages: list[Stage]) -> pa.Table:
     if k > 0:
-        return pq.read_table(rundir.final_part(out, k - 1, shard.stem))
+        return storage.read_parquet(rundir.final_part(out, k - 1, shard.stem))
     table = ensure_reject_columns(read_shard(shard, columns))
     if stages:
         stages[0].check_columns(table.schema, f"input {shard.path}")
@@ -78,7 +77,7 @@ def _global_barrier(stage: GlobalStage, out: str, k: int, shards: list[Shard], f
     artifact = rundir.load_artifact(out, stage.instance_name, fp)
     if artifact is not None:
         return artifact
-    parts = [plan_mod.global_partial(stage, pq.read_table(part_path(out, k, s.stem))) for s in shards]
+    parts = [plan_mod.global_partial(stage, storage.read_parquet(part_path(out, k, s.stem))) for s in shards]
     artifact = stage.finalize(stage.combine(parts))
     rundir.save_artifact(stage, artifact, out, fp)
     return artifact
@@ -90,7 +89,7 @@ def _group_barrier(stage: GroupStage, out: str, k: int, shards: list[Shard], fp:
     done = [rundir.grouped_path(p) for p in parts]
     stats_path = rundir.group_stats_path(out, k, stage.instance_name)
     previous = rundir.read_if_done(stats_path, fp)
-    if previous is not None and all(os.path.exists(p) for p in done):
+    if previous is not None and all(storage.exists(p) for p in done):
         return previous
     # Bounded memory: only the columns deciding reads, hash-partitioned on disk (pipeline/groups.py).
     t0 = time.perf_counter()

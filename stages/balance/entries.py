@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import functools
-import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from winnow.kernels import balance as bal
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 DEFAULT_T = 20_000.0  # MetaCLIP-400M; 170,000 for the 2.5B pool
@@ -19,8 +19,7 @@ SINGLE = "all"  # group name when one metadata list serves every row
 def load_metadata(path: str) -> list[str]:
     """A MetaCLIP metadata file: a JSON list of strings (entry id = position)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            entries = json.load(f)
+        entries = storage.read_json(path)
     except FileNotFoundError:
         raise WinnowError(f"metaclip metadata {path}: not found") from None
     except (OSError, ValueError) as exc:

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
+from winnow.stages import storage
 from winnow.stages.base import MapStage, Param, Resources
 from winnow.stages.columns import set_column
 from winnow.stages.dedup.embeddings import SOURCE_PARAMS, EmbeddingSource, list_to_matrix
@@ -79,7 +80,7 @@ class Decontaminate(MapStage):
             self._emb_index.add(np.ascontiguousarray(vectors[ok]))
 
     def provenance(self):
-        return {"eval_images": os.path.abspath(self.eval_images), "eval_count": len(getattr(self, "_ids", [])),
+        return {"eval_images": storage.abspath(self.eval_images), "eval_count": len(getattr(self, "_ids", [])),
                 "eval_listing_sha256": getattr(self, "_listing", None)}
 
     def process_batch(self, table: pa.Table) -> pa.Table:
@@ -109,22 +110,17 @@ class Decontaminate(MapStage):
 
 def load_eval_set(path: str, embedding_field: str, where: str) -> tuple[list[str], list[bytes], pa.Array | None]:
     """(ids, encoded images, embeddings or None) of a folder of images or a Parquet eval set."""
-    if os.path.isdir(path) and not _has_parquet(path):
-        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names
-                       if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+    listed = storage.list_files(path, recursive=True) if storage.isdir(path) else []
+    if listed and not any(f.endswith(".parquet") for f in listed):
+        files = [f for f in listed if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
         if not files:
             raise WinnowError(f"{where}: eval_images {path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         if embedding_field:
             raise WinnowError(f"{where}: eval_images {path} is a folder: embeddings need a Parquet eval set")
-        images = []
-        for f in files:
-            with open(f, "rb") as fh:
-                images.append(fh.read())
-        return [os.path.relpath(f, path) for f in files], images, None
-    import pyarrow.dataset as ds
-
+        images = [storage.read_bytes(f) for f in files]
+        return [storage.relpath(f, path) for f in files], images, None
     try:
-        table = ds.dataset(path, format="parquet").to_table()
+        table = storage.dataset(path).to_table()
     except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise WinnowError(f"{where}: eval_images {path}: not a folder of images or readable Parquet ({exc})") from None
     if table.num_rows == 0:
@@ -139,6 +135,3 @@ def load_eval_set(path: str, embedding_field: str, where: str) -> tuple[list[str
     emb = table[embedding_field] if embedding_field else None
     return ids, images, emb
 
-
-def _has_parquet(path: str) -> bool:
-    return any(f.endswith(".parquet") for _, _, names in os.walk(path) for f in names)

@@ -7,13 +7,10 @@ write it) or its ``kept/``, or any Parquet dir/glob.
 """
 from __future__ import annotations
 
-import glob
-import os
-
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 SCHEMA = pa.schema([("uid", pa.string()), ("image", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
@@ -29,12 +26,12 @@ class PreviousDownloads:
         self.files = previous_files(spec)
         self.where: dict[str, int] = {}
         for k, path in enumerate(self.files):
-            names = pq.read_schema(path).names
+            names = storage.read_schema(path).names
             missing = [c for c in ("uid", "sha256", "image") if c not in names]
             if missing:
                 raise WinnowError(f"previous {path}: no '{missing[0]}' column; point 'previous' at a run dir "
                                   "or at Parquet written by the download stage")
-            t = pq.read_table(path, columns=["uid", "sha256"])
+            t = storage.read_parquet(path, columns=["uid", "sha256"])
             for uid in t.filter(pc.is_valid(t["sha256"]))["uid"].to_pylist():
                 self.where[uid] = k
 
@@ -44,7 +41,7 @@ class PreviousDownloads:
         for uid in uids:
             if uid in self.where:
                 by_file.setdefault(self.where[uid], set()).add(uid)
-        tables = [pq.read_table(self.files[k], columns=self.COLUMNS, filters=pc.field("uid").isin(list(wanted)))
+        tables = [storage.read_parquet(self.files[k], columns=self.COLUMNS, filters=pc.field("uid").isin(list(wanted)))
                   for k, wanted in sorted(by_file.items())]
         found = pa.concat_tables([t.cast(SCHEMA) for t in tables] or [SCHEMA.empty_table()])
         return found.filter(pc.is_valid(found["image"]))
@@ -58,21 +55,22 @@ def previous_files(spec: str) -> list[str]:
     before the download), which has every row that reached it with its bytes whatever later stages
     decided; failing that, ``kept/``. Otherwise ``spec`` is a directory or glob of Parquet files.
     """
-    if os.path.isfile(os.path.join(spec, "pipeline.json")) or os.path.isdir(os.path.join(spec, "work")):
-        segments = {int(d.rsplit("-", 1)[1]): d for d in glob.glob(os.path.join(spec, "work", "seg-*"))
-                    if d.rsplit("-", 1)[1].isdigit()}
+    if storage.isfile(storage.join(spec, "pipeline.json")) or storage.isdir(storage.join(spec, "work")):
+        segments = {int(d.rsplit("-", 1)[1]): storage.join(spec, "work", d)
+                    for d in storage.listdir(storage.join(spec, "work"))
+                    if d.startswith("seg-") and d.rsplit("-", 1)[1].isdigit()}
         for k in sorted(segments):
             files = parquet_in(segments[k])
-            if files and {"image", "sha256"} <= set(pq.read_schema(files[0]).names):
+            if files and {"image", "sha256"} <= set(storage.read_schema(files[0]).names):
                 return files
-        files = parquet_in(os.path.join(spec, "kept"))
+        files = parquet_in(storage.join(spec, "kept"))
         if files:
             return files
-    files = parquet_in(spec) if os.path.isdir(spec) else sorted(glob.glob(spec))
+    files = parquet_in(spec) if storage.isdir(spec) else storage.glob(spec)
     if not files:
         raise WinnowError(f"previous {spec}: no Parquet files found (expected a run dir, its kept/, or a glob)")
     return files
 
 
 def parquet_in(directory: str) -> list[str]:
-    return sorted(p for p in glob.glob(os.path.join(directory, "*.parquet")) if not p.endswith(".grouped.parquet"))
+    return [p for p in storage.glob(storage.join(directory, "*.parquet")) if not p.endswith(".grouped.parquet")]

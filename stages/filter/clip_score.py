@@ -25,12 +25,12 @@ readers should keep one row per uid. ``dot(image_embedding, text_embedding)`` is
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 
 import numpy as np
 import pyarrow as pa
 
+from winnow.stages import storage
 from winnow.stages.base import GlobalStage, Param, Resources
 from winnow.stages.columns import set_column
 from winnow.stages.errors import WinnowError
@@ -186,7 +186,7 @@ class ClipScore(GlobalStage):
         if self.context.write_table is None:
             raise WinnowError(f"stage '{self.instance_name}': embeddings_dir needs a runner to write through "
                               "(winnow stage / winnow run)")
-        return path if os.path.isabs(path) else os.path.join(self.context.run_dir, path)
+        return path if storage.isabs(path) else storage.join(self.context.run_dir, path)
 
     def _write_embeddings(self, uids: pa.Array, image_emb: np.ndarray, text_emb: np.ndarray) -> None:
         dim = image_emb.shape[1]
@@ -199,7 +199,7 @@ class ClipScore(GlobalStage):
             "text_embedding": pa.FixedSizeListArray.from_arrays(pa.array(text_emb.reshape(-1)), dim),
         }).replace_schema_metadata({"winnow.model": prov["model"], "winnow.sha256": str(prov.get("sha256")),
                                     "winnow.stage": self.instance_name, "winnow.normalized": "l2"})
-        self.context.write_table(table, os.path.join(self._emb_dir, f"part-{digest}.parquet"))
+        self.context.write_table(table, storage.join(self._emb_dir, f"part-{digest}.parquet"))
 
     # -- global threshold ---------------------------------------------------------------------------
     def partial(self, table: pa.Table):

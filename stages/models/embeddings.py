@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 
@@ -26,10 +27,8 @@ class EmbeddingSource:
     def open(self) -> None:
         if self.column:
             return
-        import pyarrow.dataset as ds
-
         try:
-            self._side = ds.dataset(self.side_path, format="parquet")
+            self._side = storage.dataset(self.side_path)
         except (OSError, ValueError, pa.ArrowInvalid) as exc:
             raise WinnowError(f"{self.where}: embeddings {self.side_path}: cannot be read ({exc})") from None
         schema = self._side.schema

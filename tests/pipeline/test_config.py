@@ -55,7 +55,23 @@ def test_unknown_top_level_key(capsys, tmp_path, good):
     good["stagse"] = good.pop("stages")
     path = _write(tmp_path, good)
     assert _run(capsys, path) == f"winnow: error: {path}: unknown key 'stagse'; valid: columns, exports, input, " \
-                                 f"output, runner, seed, stages, write_kept"
+                                 f"output, runner, seed, stages, storage, write_kept"
+
+
+def test_storage_key_is_checked_and_merged_with_the_cli_flag(capsys, tmp_path, good):
+    from winnow.pipeline.config import load_pipeline
+
+    good["storage"] = {"endpoint_url": "http://127.0.0.1:9", "regoin": "x"}
+    path = _write(tmp_path, good)
+    assert _run(capsys, path) == f"winnow: error: {path}: unknown key 'storage.regoin'; valid: endpoint_url, region"
+    good["storage"] = {"endpoint_url": "127.0.0.1:9"}
+    path = _write(tmp_path, good)
+    assert "storage.endpoint_url must be an http:// or https:// URL" in _run(capsys, path)
+    good["storage"] = {"endpoint_url": "http://127.0.0.1:9", "region": "eu-west-1"}
+    path = _write(tmp_path, good)
+    cfg = load_pipeline(path, {"storage": {"endpoint_url": "http://127.0.0.1:10"}})
+    assert cfg.storage == {"endpoint_url": "http://127.0.0.1:10", "region": "eu-west-1"}  # the flag wins
+    assert cfg.to_dict()["storage"] == cfg.storage  # recorded in pipeline.json and shipped by submit
 
 
 def test_unknown_stage_parameter(capsys, tmp_path, good):

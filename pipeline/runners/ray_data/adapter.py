@@ -14,13 +14,13 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import rundir
 from winnow.pipeline.inputs import Shard, read_shard
 from winnow.pipeline.plan import Step
 from winnow.pipeline.runners.ray_data import blocks, session
+from winnow.stages import storage
 from winnow.stages.base import GroupStage, Resources, Stage
 from winnow.stages.columns import ensure_reject_columns
 from winnow.stages.context import StageContext
@@ -36,8 +36,10 @@ class StepRunner:
     def __init__(self, step: Step, index: int, spec: blocks.PassSpec | None = None):
         self.step, self.index, self.spec = step, index, spec
         self.stage, self.context = step.stage, step.context
+        self.storage = storage.current()  # the driver's store settings, applied where this runs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        storage.apply(self.storage)
         record_place(self.context, self.stage.instance_name)
         view, internal = blocks.split_internal(batch)
         t0 = time.perf_counter()
@@ -58,8 +60,10 @@ class GroupRunner:
 
     def __init__(self, stage: GroupStage, key: str, context: StageContext | None = None):
         self.stage, self.key, self.context = stage, key, context
+        self.storage = storage.current()
 
     def __call__(self, group: pa.Table) -> pa.Table:
+        storage.apply(self.storage)
         record_place(self.context, self.stage.instance_name)
         view, internal = blocks.split_internal(group)
         t0 = time.perf_counter()
@@ -80,6 +84,7 @@ class _ActorCall:
             raise WinnowError(f"stage '{name}' was given {gpus:g} GPU on node {where} but Ray assigned this "
                               f"worker none (CUDA_VISIBLE_DEVICES={visible!r}); check the node's --num-gpus")
         context = dataclasses.replace(runner.context or StageContext(), gpus=gpus, node=where)
+        storage.apply(runner.storage)  # setup may read side data (embeddings, eval sets) from a store
         runner.stage.ensure_setup(context)
         record_place(runner.context, name, place)
         self.runner = runner
@@ -212,10 +217,12 @@ def group_step(ds, stage: GroupStage, cluster: dict, key: str, num_partitions: i
 def write_pass(ds, spec: blocks.PassSpec):
     """A standalone writer (a group pass has no step of its own to carry it): I/O only, no CPU reserved."""
 
-    def write_pass_output(batch, spec):
+    def write_pass_output(batch, spec, settings):
+        storage.apply(settings)
         return blocks.write_block(batch, spec)
 
-    return ds.map_batches(write_pass_output, fn_args=(spec,), batch_size=None, batch_format="pyarrow", num_cpus=0)
+    return ds.map_batches(write_pass_output, fn_args=(spec, storage.current()), batch_size=None,
+                          batch_format="pyarrow", num_cpus=0)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -228,16 +235,17 @@ def read_dataset(shards: list[Shard], source: tuple, cluster: dict, first: Stage
 
     items = [{"path": s.path, "index": s.index, "format": s.format, "key": s.key, "name": s.name} for s in shards]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(_read_batch, fn_args=(source,), batch_size=1, batch_format="pyarrow",
+    return ds.map_batches(_read_batch, fn_args=(source, storage.current()), batch_size=1, batch_format="pyarrow",
                           **read_args(first, cluster, len(items)))
 
 
-def _read_batch(batch: pa.Table, source: tuple):
+def _read_batch(batch: pa.Table, source: tuple, settings: storage.Settings):
+    storage.apply(settings)
     for item in batch.to_pylist():
         shard = Shard(item["path"], item["index"], item["format"], item["key"], item["name"])
         if source[0] == "keyed":  # a group pass: only live rows with a key travel, only the columns it reads
             _, key, columns = source
-            table = blocks.add_internal(pq.read_table(shard.path, columns=columns), shard.index)
+            table = blocks.add_internal(storage.read_parquet(shard.path, columns=columns), shard.index)
             table = table.filter(pc.and_(table[blocks.LIVE_IN], pc.is_valid(table[key])))
         else:
             table = blocks.add_internal(load_shard(shard, source), shard.index)
@@ -254,5 +262,5 @@ def load_shard(shard: Shard, source: tuple) -> pa.Table:
             b.check_columns(table.schema, f"input {shard.path}")
         return table
     if kind == "after":
-        return pq.read_table(rundir.final_part(a, b, shard.stem))
+        return storage.read_parquet(rundir.final_part(a, b, shard.stem))
     raise ValueError(kind)

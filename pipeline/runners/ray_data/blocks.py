@@ -13,7 +13,6 @@ the local runner's, so either runner resumes the other's run directory.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from winnow.pipeline import outputs, rundir
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.plan import global_partial
 from winnow.pipeline.rundir import FINGERPRINT, INPUT_ROWS, LIVE_IN, NROWS, ROW, SEC, SHARD
+from winnow.stages import storage
 from winnow.stages.columns import REJECT_REASON, REJECT_STAGE, live_mask
 
 
@@ -76,7 +75,7 @@ class PassSpec:
     fingerprints: dict[int, str] = field(default_factory=dict)  # shard index -> what produces its part
 
     def part(self, stem: str) -> str:
-        return os.path.join(self.seg_dir, f"part-{stem}{self.suffix}")
+        return storage.join(self.seg_dir, f"part-{stem}{self.suffix}")
 
 
 # -- counting --------------------------------------------------------------------------------
@@ -144,7 +143,7 @@ def write_block(table: pa.Table, spec: PassSpec, partial_stage=None) -> pa.Table
                         [partial] if spec.partials else None)
         else:
             first_row = int(pc.min(internal[ROW]).as_py())
-            block = os.path.join(spec.block_dir, f"{int(s):05d}-{first_row:012d}.parquet")
+            block = storage.join(spec.block_dir, f"{int(s):05d}-{first_row:012d}.parquet")
             rundir.write_parquet_atomic(view.append_column(ROW, internal[ROW]), block)
         for key, value in (("shard", int(s)), ("n", n), ("rows", piece.num_rows), ("block", block),
                            ("stats", json.dumps(bs)), ("done", done),
@@ -172,11 +171,11 @@ META_SCHEMA = pa.schema([("shard", pa.int32()), ("n", pa.int64()), ("rows", pa.i
 def merge_blocks(spec: PassSpec, index: int, blocks: list[str], shard_stats: dict | None,
                  partials: list[bytes] | None) -> None:
     """One shard's pieces -> its part, rows back in input order; the block files are removed."""
-    table = pa.concat_tables([pq.read_table(p) for p in blocks], promote_options="permissive")
+    table = pa.concat_tables([storage.read_parquet(p) for p in blocks], promote_options="permissive")
     table = table.take(pc.sort_indices(table[ROW])).drop_columns([ROW])
     write_shard(spec, index, table, shard_stats, [pickle.loads(p) for p in partials] if partials is not None else None)
     for p in blocks:
-        os.remove(p)
+        storage.remove(p)
 
 
 def write_shard(spec: PassSpec, index: int, table: pa.Table, shard_stats: dict | None, partials: list | None) -> None:

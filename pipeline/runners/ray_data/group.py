@@ -12,11 +12,7 @@ its stats exist.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
-
-import pyarrow.parquet as pq
 
 from winnow.pipeline import groups, rundir
 from winnow.pipeline import stats as stats_mod
@@ -25,6 +21,7 @@ from winnow.pipeline.rundir import part_path, seg_dir
 from winnow.pipeline.runners.ray_data import adapter, blocks, session
 from winnow.pipeline.runners.ray_data.tracker import Tracker
 from winnow.pipeline.stats import Progress
+from winnow.stages import storage
 from winnow.stages.base import GroupStage
 
 MAX_PARTITIONS = 32
@@ -44,13 +41,13 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
     full = [part_path(out, k, s.stem) for s in shards]
     grouped = [rundir.grouped_path(p) for p in full]
     previous = rundir.read_if_done(stats_path, fingerprint)
-    if previous is not None and all(os.path.exists(p) for p in grouped):
+    if previous is not None and all(storage.exists(p) for p in grouped):
         return previous
     keys = stage.group_keys()
     wanted = stage.decide_columns()
     if wanted is not None:
         wanted = list(dict.fromkeys(["uid", *keys, *groups.decided_columns(stage), *wanted]))
-    block_dir = os.path.join(seg_dir(out, k), "blocks-group")
+    block_dir = storage.join(seg_dir(out, k), "blocks-group")
     columns = _present(wanted, full)
     patch = session.remote_task(groups.patch_shard)
     t0 = time.perf_counter()
@@ -67,8 +64,8 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
         # image bytes are rewritten once, at the end, not once per key.
         last = i == len(keys) - 1
         target = grouped if last and columns is None else [p.replace(".parquet", f".grouped-{i}.parquet") for p in full]
-        shutil.rmtree(block_dir, ignore_errors=True)
-        os.makedirs(block_dir, exist_ok=True)
+        storage.rmtree(block_dir)
+        storage.makedirs(block_dir)
         spec = blocks.PassSpec(seg_dir=seg_dir(out, k), block_dir=block_dir, steps=[(name, "group")],
                                     whole_shards=False, shard_stats=False)
         items = [Shard(p, s.index, "parquet") for p, s in zip(source, shards)]
@@ -81,7 +78,7 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
                                           columns) for src, dst, s in zip(source, target, shards)])
         if source is not full:  # the previous pass's narrow copies
             for p in source:
-                os.remove(p)
+                storage.remove(p)
         st: dict = {}
         for one in per_shard:
             st = stats_mod.merge(st, one)
@@ -94,10 +91,10 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
         apply = session.remote_task(groups.apply_columns)
         ray.get([apply.remote(f, n, g, decided) for f, n, g in zip(full, source, grouped)])
         for p in source:
-            os.remove(p)
-    shutil.rmtree(block_dir, ignore_errors=True)
+            storage.remove(p)
+    storage.rmtree(block_dir)
     if one_task:
-        shutil.rmtree(work, ignore_errors=True)
+        storage.rmtree(work)
     totals["seconds"] = time.perf_counter() - t0
     rundir.write_json_atomic({rundir.FINGERPRINT: fingerprint, **totals}, stats_path)
     progress.report(name, "group, all shards", totals)
@@ -105,12 +102,12 @@ def group_pass(k: int, stage: GroupStage, shards: list[Shard], out: str, cluster
 
 
 def _num_rows(paths: list[str]) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    return sum(storage.read_metadata(p).num_rows for p in paths)
 
 
 def _present(wanted: list[str] | None, paths: list[str]) -> list[str] | None:
     """The wanted columns that the parts have (a produced column may be absent when no row was live)."""
     if wanted is None or not paths:
         return wanted
-    names = set(pq.read_schema(paths[0]).names)
+    names = set(storage.read_schema(paths[0]).names)
     return [c for c in wanted if c in names]

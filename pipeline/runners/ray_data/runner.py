@@ -11,8 +11,6 @@ atomically; a rerun skips every shard whose part exists, so an interrupted run r
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import sys
 
 from winnow.pipeline import plan as plan_mod
@@ -25,6 +23,7 @@ from winnow.pipeline.runners.ray_data import adapter, blocks, session
 from winnow.pipeline.runners.ray_data.group import group_pass
 from winnow.pipeline.runners.ray_data.tracker import Tracker
 from winnow.pipeline.stats import Progress
+from winnow.stages import storage
 from winnow.stages.base import GlobalStage, GroupStage, Stage
 from winnow.stages.errors import WinnowError
 
@@ -36,7 +35,7 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
     With ``write_kept`` given, a final segment without a barrier also writes each shard's manifest (and
     kept) file where the shard is processed, so the driver never reads the rows back.
     """
-    out = os.path.abspath(out)  # workers may run elsewhere: paths must not depend on their cwd
+    out = storage.abspath(out)  # workers may run elsewhere: paths must not depend on their cwd
     segments = plan_mod.make_plan(stages, rundir.stage_context(out))
     started = session.connect(address, min_cpus=max(adapter.cpus_needed(s.steps) for s in segments))
     try:
@@ -102,15 +101,15 @@ def _segment_pass(k: int, seg: plan_mod.Segment, stages: list[Stage], shards: li
                   columns: dict, cluster: dict, progress: Progress, fingerprints: RunFingerprints,
                   final_outputs: tuple | None = None) -> None:
     spec = blocks.PassSpec(
-        seg_dir=seg_dir(out, k), block_dir=os.path.join(seg_dir(out, k), "blocks"),
+        seg_dir=seg_dir(out, k), block_dir=storage.join(seg_dir(out, k), "blocks"),
         steps=[(s.stage.instance_name, s.kind) for s in seg.steps],
         partials=isinstance(seg.barrier, GlobalStage), first=k == 0, final_outputs=final_outputs,
         stems={s.index: s.stem for s in shards}, fingerprints={s.index: fingerprints.part(k, s.index) for s in shards})
     pending = [s for s in shards if not _segment_done(spec, s)]
     if not pending:
         return
-    shutil.rmtree(spec.block_dir, ignore_errors=True)  # pieces of an interrupted attempt
-    os.makedirs(spec.block_dir, exist_ok=True)
+    storage.rmtree(spec.block_dir)  # pieces of an interrupted attempt
+    storage.makedirs(spec.block_dir)
     source = ("input", columns, stages[0] if stages else None) if k == 0 else ("after", out, k - 1)
     ds = adapter.read_dataset(pending, source, cluster, seg.steps[0].stage if seg.steps else None)
     for j, step in enumerate(seg.steps):
@@ -128,13 +127,13 @@ def _segment_pass(k: int, seg: plan_mod.Segment, stages: list[Stage], shards: li
             table, st = plan_mod.run_steps(steps, table)
             blocks.write_shard(spec, shard.index, table, st | ({INPUT_ROWS: {"rows": 0}} if k == 0 else {}),
                                [] if spec.partials else None)
-    shutil.rmtree(spec.block_dir, ignore_errors=True)
+    storage.rmtree(spec.block_dir)
 
 
 def _segment_done(spec: blocks.PassSpec, shard: Shard) -> bool:
     if not rundir.part_done(spec.part(shard.stem), spec.fingerprints[shard.index]):
         return False
-    return not spec.partials or os.path.exists(rundir.partials_path(spec.seg_dir, shard.stem))
+    return not spec.partials or storage.exists(rundir.partials_path(spec.seg_dir, shard.stem))
 
 
 # -- barriers --------------------------------------------------------------------------------

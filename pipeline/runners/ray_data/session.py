@@ -8,6 +8,7 @@ import os
 import socket
 import time
 
+from winnow.stages import storage
 from winnow.stages.errors import WinnowError
 
 _REMOTE: dict = {}
@@ -229,9 +230,22 @@ def remote_task(fn):
     worker dies (it writes deterministic names atomically, so a retry overwrites)."""
     import ray
 
-    if fn not in _REMOTE:
-        _REMOTE[fn] = ray.remote(num_cpus=0, max_retries=3)(fn)
-    return _REMOTE[fn]
+    key = (fn, storage.current())
+    if key not in _REMOTE:
+        _REMOTE[key] = ray.remote(num_cpus=0, max_retries=3)(with_storage(fn, key[1]))
+    return _REMOTE[key]
+
+
+def with_storage(fn, settings: storage.Settings):
+    """``fn`` run with the driver's store settings (endpoint, region) in force on the worker: the pipeline's
+    ``storage:`` key is set on the driver, and a worker process knows only what is shipped to it."""
+
+    def task(*args, **kwargs):
+        storage.apply(settings)
+        return fn(*args, **kwargs)
+
+    task.__name__ = task.__qualname__ = getattr(fn, "__name__", "task")
+    return task
 
 
 def guard(fn):

@@ -157,3 +157,20 @@ def test_hugging_face_datasets_loads_the_webdataset_export(sample_dir, tmp_path)
         row = rows[sample["__key__"]]
         assert sample["txt"] == row["caption"] and sample["json"]["uid"] == row["uid"]
         assert sample["jpg"].size == (row["width"], row["height"])
+
+
+@pytest.mark.torture
+def test_a_kept_part_the_run_lists_but_cannot_find_is_one_line_not_a_smaller_export(kept_run, tmp_path):
+    """Exports take the run's parts from its pipeline.json, asking for each by name (a store's listing may
+    lag its writes): a listed part that is gone fails the export instead of leaving its rows out."""
+    import shutil
+
+    from winnow.stages.errors import WinnowError
+
+    run = tmp_path / "run"
+    shutil.copytree(kept_run, run)
+    victim = sorted((run / "kept").iterdir())[1]
+    victim.unlink()
+    with pytest.raises(WinnowError, match=f"{victim.name} is missing, though the run's pipeline.json lists"):
+        export(run, output="exports/w")
+    assert not (run / "exports" / "w" / "sizes.json").exists()
