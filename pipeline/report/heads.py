@@ -101,4 +101,4 @@ def section(heads: dict[str, dict], histograms: dict, thresholds: dict, extremes
 def _badge(row: dict, side: str, col: str, value: float) -> tuple[str, str]:
     if side == "kept":
         return "ok", f"{col} {value:.4g}"
-    return "rej", f"{col} {value:.4g} · {row.get('reject_stage')}: {row.get('reject_reason')}"
+    return "rej", f"{col} {value:.4g} · {row.get('reject_reason') or row.get('reject_stage')}"
