@@ -117,11 +117,14 @@ def main(argv=None) -> dict:
         scores = last["heads"].scores
         assert np.array_equal(scores["score"], last["none"].scores["score"], equal_nan=True)  # heads change no score
         assert all(np.isfinite(scores[c]).all() for c in heads)
-        emb = np.asarray(torch.nn.functional.normalize(torch.randn(len(images), DIM), dim=-1).half())
-        t0 = time.perf_counter()
-        for head, _ in heads.values():
-            head(emb)
-        alone = time.perf_counter() - t0
+        emb = np.asarray(torch.nn.functional.normalize(torch.randn(args.batch, DIM), dim=-1).half())
+        alone, alone_cpu = float("inf"), float("inf")  # the heads alone on one engine batch, best of 20
+        for _ in range(21):  # (a shared machine's stalls hit single calls of a few ms hard: the best is the cost)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for head, _ in heads.values():
+                head(emb)
+            alone = min(alone, (time.perf_counter() - t0) / args.batch)
+            alone_cpu = min(alone_cpu, (time.process_time() - c0) / args.batch)
         engine.close()
 
     n = len(images)
@@ -130,11 +133,13 @@ def main(argv=None) -> dict:
     best = min(times["heads"]) / min(times["none"]) - 1
     print(f"  no heads: best {n / min(times['none']):7.1f} img/s, median {n / statistics.median(times['none']):7.1f}")
     print(f"  3 heads:  best {n / min(times['heads']):7.1f} img/s, median {n / statistics.median(times['heads']):7.1f}")
-    print(f"  heads alone: {1e3 * alone:.1f} ms for {n} embeddings ({1e6 * alone / n:.0f} us/image)")
+    print(f"  heads alone (batches of {args.batch}, best of 20): {1e6 * alone:.0f} us/image = "
+          f"{100 * alone * n / min(times['none']):.2f}% of a no-heads image's best wall time, "
+          f"{100 * alone_cpu * n / statistics.median(cpu['none']):.2f}% of its median CPU time")
     print(f"  marginal cost: {100 * cost:+.1f}% wall, {100 * cpu_cost:+.1f}% CPU time (medians of round ratios; "
           f"best-of wall: {100 * best:+.1f}%); bar <= {100 * BAR:.0f}% (wall): {'met' if cost <= BAR else 'NOT met'}")
     return {"cost": cost, "cpu_cost": cpu_cost, "best_cost": best, "times": times, "cpu": cpu,
-            "heads_alone_s": alone, "model": model}
+            "heads_alone_s_per_image": alone, "model": model}
 
 
 if __name__ == "__main__":
