@@ -43,6 +43,7 @@ class Decontaminate(MapStage):
     resources = Resources(cpus=1)
     batch_size = 1024
     stateful = True  # the eval index loads once per worker
+    reads_image = ("process_batch",)  # pHashes the image when the rows have no phash column
 
     def validate(self):
         where = f"stage '{self.instance_name}'"

@@ -54,6 +54,7 @@ class ImageClassify(MapStage):
         Param("max_pixels", int, K.DEFAULT_MAX_PIXELS, "reject larger images as decode:too_large", min=0),
     )
     requires = ("image",)
+    reads_image = ("process_batch",)
     resources = Resources(cpus=2.0, gpus=None)  # each instance sets its own in validate()
     batch_size = 1024
     stateful = True
