@@ -14,7 +14,7 @@ run by the end of the segment (class, instance name, seed, resolved parameters, 
 the size and modification time of any local file a parameter names: model checkpoints, metadata
 lists, eval sets).
 Segment 0 is per shard; a barrier decides over every shard, so from it on a piece also depends on the
-whole input listing.
+whole input listing. Every piece's fingerprint also carries ``CHECKPOINT_LAYOUT``, what a part holds.
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ from winnow.stages import storage
 
 CHUNK = 1 << 20
 SAMPLE = 1 << 20
+# What a checkpoint part holds, in every piece's fingerprint: 2 = no input image bytes (pipeline/rowrefs.py);
+# pieces of the layout before (bytes inside, no version) are redone, never mixed with these.
+CHECKPOINT_LAYOUT = 2
 
 
 def _digest(obj) -> str:
@@ -112,7 +115,9 @@ def _module_hash(module: str) -> str | None:
 
 
 def _named_files(value, found: dict | None = None) -> dict:
-    """size and mtime of local files a parameter names (a plain path, or a model spec's ``...@PATH``)."""
+    """size and mtime of local files a parameter names (a plain path, or a model spec's ``...@PATH``), and of
+    the files in a saved Hugging Face model directory it names (one holding config.json: new weights saved
+    under the same path must not resume from checkpoints scored with the old ones)."""
     found = {} if found is None else found
     if isinstance(value, dict):
         for v in value.values():
@@ -125,6 +130,12 @@ def _named_files(value, found: dict | None = None) -> dict:
             if candidate and os.path.isfile(candidate):
                 st = os.stat(candidate)
                 found[os.path.abspath(candidate)] = [st.st_size, st.st_mtime_ns]
+            elif candidate and os.path.isfile(os.path.join(candidate, "config.json")):
+                for name in sorted(os.listdir(candidate)):
+                    path = os.path.join(candidate, name)
+                    if os.path.isfile(path):
+                        st = os.stat(path)
+                        found[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns]
     return found
 
 
@@ -157,8 +168,8 @@ def for_run(segments, shards, columns: dict) -> RunFingerprints:
     listing = _digest(sorted(s.key for s in shards))
     return RunFingerprints(
         pipeline=prefix[-1] if prefix else _digest({"winnow": version, "columns": columns}),
-        segments=tuple(_digest([p, listing]) for p in prefix),
-        first={s.index: _digest([prefix[0], s.key]) for s in shards} if prefix else {},
+        segments=tuple(_digest([p, listing, CHECKPOINT_LAYOUT]) for p in prefix),
+        first={s.index: _digest([prefix[0], s.key, CHECKPOINT_LAYOUT]) for s in shards} if prefix else {},
     )
 
 

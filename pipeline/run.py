@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from winnow.pipeline import fingerprint, outputs, rundir, runlock
+from winnow.pipeline import fingerprint, outputs, rowrefs, rundir, runlock
 from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import resume as resume_mod
 from winnow.pipeline import stats as stats_mod
@@ -71,7 +71,9 @@ def _execute(cfg: PipelineConfig, out: str, runner: str, address: str | None, pr
     else:
         raise WinnowError(f"unknown runner '{runner}'; use 'local' or 'ray'")
     in_pass = result["outputs_in_pass"]
-    written = [outputs.shard_outputs(p, s.stem, out, cfg.write_kept, in_pass)
+    kept_from_input = rowrefs.plan_images(segments).kept_from_input()  # final parts without image bytes
+    written = [outputs.shard_outputs(p, s.stem, out, cfg.write_kept, in_pass,
+                                     (s, cfg.columns) if kept_from_input else None)
                for p, s in zip(result["final_parts"], shards)]
     input_rows = {s.index: count_rows(s, cfg.columns) for s in shards}  # the input as it is now
     check_conservation(shards, {s.index: rows for s, (rows, _) in zip(shards, written)}, input_rows)

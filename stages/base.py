@@ -117,6 +117,11 @@ class Stage:
     batch_size: ClassVar[int] = 4096
     # True when setup() loads something heavy: the Ray adapter then uses an actor pool.
     stateful: ClassVar[bool] = False
+    # The methods that read the ``image`` column, e.g. ("process_batch",) or ("prepare",); () for none.
+    # None (a stage that does not say) counts as all of them. Checkpoints hold no input image bytes, so
+    # runners read them from the input again for the methods that read them (pipeline/rowrefs.py). A
+    # stage that requires ``image`` reads it in process_batch/prepare whatever it declares.
+    reads_image: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, instance_name: str | None = None, seed: int = 0, **params: Any):
         self.instance_name = instance_name or self.name

@@ -15,9 +15,18 @@ object itself (``exists``: a HEAD), never read from a listing.
 Endpoints: ``configure(endpoint_url=...)`` (the pipeline's ``storage:`` key), else ``AWS_ENDPOINT_URL_S3``,
 else ``AWS_ENDPOINT_URL``, as boto3 and the AWS CLI read them. Credentials come from the AWS chain
 (environment, config files, instance role), which Arrow's AWS SDK walks itself.
+
+Errors: a store that cannot be used raises ``StorageError`` (a WinnowError, and an OSError for code that
+handles unreadable files): one line naming the URL and what went wrong in words (no such bucket,
+credentials refused, access denied, cannot connect, throttled), after at most ``RETRIES`` attempts,
+each bounded by ``CONNECT_TIMEOUT``/``REQUEST_TIMEOUT``. A missing object stays FileNotFoundError, as a
+missing local file is.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fnmatch
 import glob as globlib
 import json
 import os
@@ -35,7 +44,25 @@ import pyarrow.parquet as pq
 from winnow.stages.errors import WinnowError
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-RETRIES = 5  # bounded: Arrow's standard AWS retry strategy backs off exponentially between attempts
+# Bounded: Arrow's standard AWS retry strategy backs off exponentially (with jitter, up to 1, 2, 4, 8 s)
+# between attempts, so a throttled or failing store gives up after RETRIES attempts and ~15 s.
+RETRIES = 5
+CONNECT_TIMEOUT = 10  # seconds: a closed port fails at once; an address that drops packets, after this
+REQUEST_TIMEOUT = 60  # seconds one request may go unanswered before it counts as a failed attempt
+
+
+class StorageError(WinnowError, OSError):
+    """A store's failure as one line naming the URL. Also an OSError, so code that handles an unreadable
+    local file (``except OSError``) handles an unreadable object the same way. ``why`` is the reason
+    alone, for a caller that names the path its own way (``error``)."""
+
+    why = ""
+
+
+def _failure(message: str, why: str) -> StorageError:
+    exc = StorageError(message)  # one argument: OSError reads two as (errno, strerror)
+    exc.why = why
+    return exc
 
 
 @dataclass(frozen=True)
@@ -116,7 +143,7 @@ def _endpoint(url: str) -> tuple[str, str]:
 def _s3(bucket: str) -> pafs.FileSystem:
     s = current()
     kwargs = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=RETRIES),
-              "connect_timeout": 10, "request_timeout": 60}
+              "connect_timeout": CONNECT_TIMEOUT, "request_timeout": REQUEST_TIMEOUT}
     if s.endpoint_url:
         kwargs["scheme"], kwargs["endpoint_override"] = _endpoint(s.endpoint_url)
         kwargs["force_virtual_addressing"] = False
@@ -151,18 +178,32 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
 
 
 # -- errors -----------------------------------------------------------------------------------------
+def _reasons() -> tuple:
+    """(pattern, phrase) over the messages of Arrow's AWS SDK (UPPER_SNAKE error names, curl codes) and
+    of S3 itself (CamelCase codes); the first match wins, so the specific ones come first."""
+    gave_up = f"gave up after {RETRIES} attempts"
+    endpoint = current().endpoint_url or "the S3 endpoint"
+    return ((r"NoSuchBucket|NO_SUCH_BUCKET|bucket does not exist", "no such bucket"),
+            (r"InvalidAccessKeyId|INVALID_ACCESS_KEY_ID|SignatureDoesNotMatch|SIGNATURE_DOES_NOT_MATCH|"
+             r"InvalidToken|INVALID_TOKEN|ExpiredToken|EXPIRED_TOKEN|UNRECOGNIZED_CLIENT|AUTHENTICATION",
+             "credentials refused"),
+            (r"ACCESS_DENIED|AccessDenied|Forbidden|HTTP status 403", "access denied"),
+            (r"curlCode: (6|7)\b|Could not connect|Couldn't connect|Connection refused|Could not resolve",
+             f"cannot connect to {endpoint}; {gave_up}"),
+            (r"curlCode: 28\b|Timeout was reached|REQUEST_TIMEOUT|RequestTimeout",
+             f"{endpoint} did not answer within {REQUEST_TIMEOUT} s; {gave_up}"),
+            (r"NETWORK_CONNECTION", f"the connection to {endpoint} failed; {gave_up}"),  # reset, broken, ...
+            (r"SLOW_DOWN|SlowDown|HTTP status 503\b|THROTTL|Throttl|SERVICE_UNAVAILABLE",
+             f"HTTP 503: the store is throttling or unavailable; {gave_up}"),
+            (r"HTTP status 5\d\d\b|INTERNAL_FAILURE|InternalError", f"the store failed (HTTP 5xx); {gave_up}"))
+
+
 def reason(exc: BaseException) -> str:
-    """A store's error as a short phrase: the AWS error name when there is one, else the first line."""
+    """A store's error as a short phrase: what went wrong in words, else the message's first line."""
+    if isinstance(exc, StorageError) and exc.why:
+        return exc.why
     text = str(exc)
-    gave_up = f"(gave up after {RETRIES} attempts)"
-    for pattern, phrase in ((r"NoSuchBucket|bucket does not exist", "no such bucket"),
-                            (r"InvalidAccessKeyId|SignatureDoesNotMatch|AUTHENTICATION|credentials",
-                             "credentials refused"),
-                            (r"ACCESS_DENIED|AccessDenied|Forbidden|HTTP status 403", "access denied"),
-                            (r"Couldn't connect|Connection refused|NETWORK_CONNECTION|Could not connect|"
-                             r"curlCode: 7", "cannot connect to the endpoint"),
-                            (r"SLOW_DOWN|SlowDown|503|THROTTL|Throttl", f"the store is throttling {gave_up}"),
-                            (r"HTTP status 5\d\d|INTERNAL_FAILURE|InternalError", f"the store failed {gave_up}")):
+    for pattern, phrase in _reasons():
         if re.search(pattern, text):
             return phrase
     if isinstance(exc, OSError) and exc.strerror:
@@ -171,13 +212,62 @@ def reason(exc: BaseException) -> str:
 
 
 def error(path: str, what: str, exc: BaseException) -> WinnowError:
-    return WinnowError(f"{what} {path}: {reason(exc)}")
+    return _failure(f"{what} {path}: {reason(exc)}", reason(exc))
+
+
+def _bucket_missing(path: str) -> bool:
+    """True only when the store says the bucket of ``path`` does not exist (a HEAD on the bucket)."""
+    if scheme(path) not in ("s3", "s3a", "gs", "gcs"):
+        return False
+    fs, p = resolve(path)
+    try:
+        return fs.get_file_info(p.split("/", 1)[0]).type == pafs.FileType.NotFound
+    except OSError:
+        return False
+
+
+def _diagnosed(path: str, exc: OSError) -> str:
+    """A HEAD refused has no body, so "403" may mean a bad key as well as no permission: a listing
+    (whose refusal has a body with the error's name) tells which."""
+    why = reason(exc)
+    if why == "access denied" and "No response body" in str(exc):
+        fs, p = resolve(path)
+        try:
+            fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+        except OSError as listing:
+            return reason(listing) if reason(listing) == "credentials refused" else why
+    return why
+
+
+@contextlib.contextmanager
+def _on_store(path: str, doing: str):
+    """Around a call to a store: an OSError becomes one line naming the URL. A missing object stays
+    FileNotFoundError (as a missing local file is), unless its bucket is what is missing."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError:
+        if _bucket_missing(path):
+            raise _failure(f"{path}: cannot {doing} (no such bucket)", "no such bucket") from None
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path) from None
+    except OSError as exc:
+        why = _diagnosed(path, exc)
+        raise _failure(f"{path}: cannot {doing} ({why})", why) from None
+
+
+def _listed(path: str, entries: list) -> list:
+    """An empty listing on a store may be a missing bucket: say so rather than list nothing."""
+    if not entries and _bucket_missing(path):
+        raise _failure(f"{path}: cannot list (no such bucket)", "no such bucket")
+    return entries
 
 
 # -- queries ----------------------------------------------------------------------------------------
 def info(path: str) -> pafs.FileInfo:
     fs, p = resolve(path)
-    return fs.get_file_info(p)
+    with _on_store(path, "look up"):
+        return fs.get_file_info(p)
 
 
 def exists(path: str) -> bool:
@@ -210,7 +300,7 @@ def stat(path: str) -> tuple[int, int]:
         return st.st_size, st.st_mtime_ns
     i = info(path)
     if i.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(2, "No such file or directory", path)
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
     return i.size or 0, i.mtime_ns or 0
 
 
@@ -219,7 +309,8 @@ def listdir(path: str) -> list[str]:
     if not is_remote(path):
         return sorted(os.listdir(_local(path))) if os.path.isdir(_local(path)) else []
     fs, p = resolve(path)
-    entries = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    with _on_store(path, "list"):
+        entries = _listed(path, fs.get_file_info(pafs.FileSelector(p, allow_not_found=True)))
     return sorted(posixpath.basename(e.path.rstrip("/")) for e in entries)
 
 
@@ -229,8 +320,9 @@ def list_entries(path: str) -> dict[str, bool]:
         root = _local(path)
         return {os.path.join(root, n): os.path.isdir(os.path.join(root, n)) for n in sorted(os.listdir(root))}
     fs, p = resolve(path)
-    entries = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-    return {_url_of(path, e.path): e.type == pafs.FileType.Directory for e in sorted(entries, key=lambda e: e.path)}
+    with _on_store(path, "list"):
+        entries = _listed(path, fs.get_file_info(pafs.FileSelector(p, allow_not_found=True)))
+    return {_spelled(path, p, e.path): e.type == pafs.FileType.Directory for e in sorted(entries, key=lambda e: e.path)}
 
 
 def list_files(path: str, recursive: bool = False) -> list[str]:
@@ -243,52 +335,39 @@ def list_files(path: str, recursive: bool = False) -> list[str]:
             return sorted(os.path.join(root, n) for n in os.listdir(root) if os.path.isfile(os.path.join(root, n)))
         return sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
     fs, p = resolve(path)
-    entries = fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True))
-    return sorted(_url_of(path, e.path) for e in entries if e.type == pafs.FileType.File)
+    with _on_store(path, "list"):
+        entries = _listed(path, fs.get_file_info(pafs.FileSelector(p, recursive=recursive, allow_not_found=True)))
+    return sorted(_spelled(path, p, e.path) for e in entries if e.type == pafs.FileType.File)
 
 
-def _url_of(like: str, inner: str) -> str:
-    """A path inside a store's filesystem back as a URL spelled like ``like``."""
-    return f"{scheme(like)}://{inner.lstrip('/')}" if scheme(like) in ("s3", "s3a", "gs", "gcs") \
-        else f"{scheme(like)}://{inner}"
+def _spelled(path: str, inner_root: str, inner: str) -> str:
+    """An entry listed under ``path`` spelled as the caller spelled ``path`` (whatever the scheme)."""
+    return f"{path.rstrip('/')}/{inner[len(inner_root):].lstrip('/')}"
 
 
 def glob(pattern: str) -> list[str]:
-    """Files matching a glob (``*`` and ``?`` within a folder, ``[...]``, ``**/`` across any number of
-    folders, as Python's recursive glob); on a store the prefix before the first wildcard is listed once."""
+    """Files matching a glob (``*``, ``?``, ``[...]`` within one folder level, ``**`` across levels,
+    names starting with ``.`` only when the pattern says so), as Python's glob matches local paths;
+    on a store, the prefix before the first wildcard is listed and matched level by level."""
     if not is_remote(pattern):
         return sorted(p for p in globlib.glob(_local(pattern), recursive=True) if os.path.isfile(p))
     head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
     base = head.rsplit("/", 1)[0]
-    rx = re.compile(_glob_regex(pattern))
-    deep = "**" in pattern or pattern[len(base) + 1:].count("/") > 0
-    return [p for p in list_files(base, recursive=deep) if rx.fullmatch(p)]
+    levels = pattern[len(base) + 1:].split("/")
+    deep = len(levels) > 1 or "**" in levels
+    return [p for p in list_files(base, recursive=deep) if _matches(p[len(base) + 1:].split("/"), levels)]
 
 
-def _glob_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
-            j = pattern.index("]", i + 1)
-            body = pattern[i + 1:j]
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
+def _matches(names: list[str], levels: list[str]) -> bool:
+    """Path segments against pattern segments, as glob(recursive=True) does: ``**`` is any number of
+    levels, a wildcard never matches a leading dot."""
+    if not levels:
+        return not names
+    if levels[0] == "**":
+        return any(_matches(names[i:], levels[1:]) for i in range(len(names) + 1)
+                   if not any(n.startswith(".") for n in names[:i]))
+    return bool(names) and (names[0][:1] != "." or levels[0][:1] == ".") \
+        and fnmatch.fnmatchcase(names[0], levels[0]) and _matches(names[1:], levels[1:])
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -297,12 +376,14 @@ def open_input(path: str, seekable: bool = True):
     if not is_remote(path):
         return open(_local(path), "rb")
     fs, p = resolve(path)
-    return fs.open_input_file(p) if seekable else fs.open_input_stream(p)
+    with _on_store(path, "read"):
+        return fs.open_input_file(p) if seekable else fs.open_input_stream(p)
 
 
 def read_bytes(path: str) -> bytes:
-    with open_input(path, seekable=False) as f:
-        return f.read()
+    with _on_store(path, "read") if is_remote(path) else contextlib.nullcontext():
+        with open_input(path, seekable=False) as f:
+            return f.read()
 
 
 def read_text(path: str) -> str:
@@ -317,7 +398,8 @@ def read_parquet(path: str, columns: list[str] | None = None, filters=None) -> p
     if not is_remote(path):
         return pq.read_table(_local(path), columns=columns, filters=filters)
     fs, p = resolve(path)
-    return pq.read_table(p, columns=columns, filters=filters, filesystem=fs)
+    with _on_store(path, "read"):
+        return pq.read_table(p, columns=columns, filters=filters, filesystem=fs)
 
 
 def dataset(path: str):
@@ -327,15 +409,22 @@ def dataset(path: str):
     if any(ch in path for ch in "*?["):
         files = glob(path)
         if not files:
-            raise FileNotFoundError(2, "no Parquet files match", path)
+            raise FileNotFoundError(errno.ENOENT, "no Parquet files match", path)
         fs = resolve(files[0])[0]
-        return ds.dataset([resolve(f)[1] for f in files], filesystem=fs, format="parquet")
+        with _on_store(path, "read"):
+            return ds.dataset([resolve(f)[1] for f in files], filesystem=fs, format="parquet")
     fs, p = resolve(path)
-    return ds.dataset(p, filesystem=fs, format="parquet")
+    if not is_remote(path):
+        return ds.dataset(p, filesystem=fs, format="parquet")
+    with _on_store(path, "read"):
+        return ds.dataset(p, filesystem=fs, format="parquet")
 
 
 def parquet_file(path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(open_input(path) if is_remote(path) else _local(path))
+    if not is_remote(path):
+        return pq.ParquetFile(_local(path))
+    with _on_store(path, "read"):
+        return pq.ParquetFile(open_input(path))
 
 
 def read_schema(path: str) -> pa.Schema:
@@ -365,8 +454,9 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
             write(tmp)
             os.replace(tmp, local)
         except OSError as exc:
+            raise _failure(f"output {path}: cannot write ({reason(exc)})", reason(exc)) from None
+        finally:  # whatever stopped write() (an error of its own, Ctrl-C), no temp file stays behind
             _discard(tmp)
-            raise WinnowError(f"output {path}: cannot write ({reason(exc)})") from None
         return
     fd, tmp = tempfile.mkstemp(prefix="winnow-upload-")
     os.close(fd)
@@ -375,7 +465,8 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         fs, p = resolve(path)
         pafs.copy_files(tmp, p, source_filesystem=resolve(tmp)[0], destination_filesystem=fs)
     except OSError as exc:
-        raise WinnowError(f"output {path}: cannot write ({reason(exc)})") from None
+        why = _diagnosed(path, exc)
+        raise _failure(f"output {path}: cannot write ({why})", why) from None
     finally:
         _discard(tmp)
 
@@ -417,7 +508,8 @@ def remove(path: str) -> None:
         return
     fs, p = resolve(path)
     try:
-        fs.delete_file(p)
+        with _on_store(path, "remove"):
+            fs.delete_file(p)
     except FileNotFoundError:
         pass
 
@@ -429,8 +521,13 @@ def rmtree(path: str) -> None:
             shutil.rmtree(_local(path))
         return
     fs, p = resolve(path)
-    if fs.get_file_info(p).type == pafs.FileType.Directory:
-        fs.delete_dir(p)
+    with _on_store(path, "remove"):
+        if fs.get_file_info(p).type != pafs.FileType.Directory:
+            return
+        if "/" in p.strip("/"):
+            fs.delete_dir(p)
+        else:  # a bucket's root: empty it, never delete the bucket itself
+            fs.delete_dir_contents(p, missing_dir_ok=True)
 
 
 def ensure_writable(path: str) -> None:
@@ -447,4 +544,5 @@ def ensure_writable(path: str) -> None:
             f.write(b"")
         fs.delete_file(p)
     except OSError as exc:
-        raise WinnowError(f"output {path}: not writable ({reason(exc)})") from None
+        why = _diagnosed(path, exc) if is_remote(path) else reason(exc)
+        raise _failure(f"output {path}: not writable ({why})", why) from None

@@ -11,6 +11,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from tests.s3_fixtures import (  # noqa: E402,F401  (the S3 fixtures)
+    closed_endpoint,
+    isolate_aws_env,
+    s3_auth_store,
+    s3_bucket,
+    s3_server,
+    silent_endpoint,
+    slow_down_endpoint,
+)
+
+isolate_aws_env()
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 

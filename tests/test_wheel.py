@@ -86,6 +86,7 @@ def test_wheel_ships_package_data_and_only_the_winnow_namespace(wheel_env):
     names = zipfile.ZipFile(wheel_env["wheel"]).namelist()
     assert "winnow/stages/models/configs/winnow-tiny.json" in names
     assert "winnow/stages/models/configs/vlm/llava/chat_template.jinja" in names
+    assert "winnow/stages/models/configs/classifier/tiny-vit/preprocessor_config.json" in names
     assert {n.split("/")[0] for n in names if not n.startswith("winnow-")} == {"winnow"}
     proc = _run([wheel_env["python"], "-c", PROBE], wheel_env["work"])
     assert proc.returncode == 0 and "probe ok" in proc.stdout, proc.stderr[-2000:]

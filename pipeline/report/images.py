@@ -1,9 +1,11 @@
 """Find the image bytes of the few rows the report shows, and turn them into small inline thumbnails.
 
-The manifest holds no bytes; kept rows have them in OUT/kept/ and every row (rejected ones too) in
-the segment checkpoints under OUT/work/. Files of the shards the rows came from are searched first;
-per row group only the ``uid`` column is read unless it holds a wanted row, so the cost is bounded
-by the sample, not by the run.
+The manifest holds no bytes; kept rows have them in OUT/kept/, images a stage produced (``download``)
+are in the segment checkpoints under OUT/work/, and the input's own images are in the input only
+(checkpoints refer to input rows: pipeline/rowrefs.py), read back by a row's position in its shard's
+manifest part (input order). Files of the shards the rows came from are searched first; per row group
+only the ``uid`` column is read unless it holds a wanted row, so the cost is bounded by the sample, not
+by the run.
 """
 from __future__ import annotations
 
@@ -13,10 +15,14 @@ import os
 import re
 import warnings
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from winnow.pipeline import rowrefs, rundir
+from winnow.pipeline.inputs import Shard
 from winnow.stages import storage
+from winnow.stages.errors import WinnowError
 
 # Larger images are not decoded for a preview: their size says enough and decoding costs seconds.
 MAX_PREVIEW_PIXELS = 40_000_000
@@ -46,9 +52,12 @@ def candidate_files(run_dir: str, stems: set[str]) -> list[str]:
 
 
 def fetch_rows(run_dir: str, wanted: dict[str, str | None]) -> dict[str, dict]:
-    """uid -> {"image": bytes, "caption": ..., ...} for every wanted uid found (``wanted``: uid -> stem)."""
+    """uid -> {"image": bytes, "caption": ..., ...} for every wanted uid found (``wanted``: uid -> stem).
+    A row found only without bytes (a failed download, or a checkpoint's nulled input image) is returned
+    so, unless the input has its bytes."""
     remaining = set(wanted)
     found: dict[str, dict] = {}
+    bare: dict[str, dict] = {}  # found, but with no image bytes
     stems = {s for s in wanted.values() if s is not None}
     for path in candidate_files(run_dir, stems):
         if not remaining:
@@ -63,12 +72,52 @@ def fetch_rows(run_dir: str, wanted: dict[str, str | None]) -> dict[str, dict]:
             if not pc.any(mask).as_py():
                 continue
             for row in pf.read_row_group(g, columns=cols).filter(mask).to_pylist():
-                if row["uid"] in remaining:
+                if row["uid"] in remaining and row["image"] is None:
+                    bare.setdefault(row["uid"], row)
+                elif row["uid"] in remaining:
                     found[row["uid"]] = row
                     remaining.discard(row["uid"])
             if not remaining:
                 break
+    if remaining:
+        for uid, image in from_input(run_dir, remaining, stems).items():
+            found[uid] = {**bare.get(uid, {"uid": uid}), "image": image}
+    return {**{u: r for u, r in bare.items() if u not in found}, **found}
+
+
+def from_input(run_dir: str, uids: set[str], stems: set[str]) -> dict[str, bytes]:
+    """uid -> the input's image bytes, for those of ``uids`` the input (as pipeline.json lists it) has
+    bytes for; a shard that is gone or changed since the run gives none."""
+    record = _record(run_dir)
+    listing = sorted(record.get("inputs") or [], key=lambda e: e.get("stem") not in stems)  # their shards first
+    columns = (record.get("config") or {}).get("columns") or {}
+    found: dict[str, bytes] = {}
+    for entry in listing:
+        if len(found) == len(uids):
+            break
+        manifest = rundir.manifest_part(run_dir, entry.get("stem", ""))
+        try:
+            in_order = storage.read_parquet(manifest, columns=["uid"])["uid"]  # the shard's rows, input order
+            positions = np.flatnonzero(pc.is_in(in_order, value_set=pa.array(sorted(uids - set(found))))
+                                       .to_numpy(zero_copy_only=False))
+            if not len(positions):
+                continue
+            shard = Shard(entry["path"], entry["index"], entry["format"], entry["key"])
+            images = rowrefs.input_images(shard, columns, positions, expected_rows=len(in_order))
+        except (OSError, KeyError, ValueError, pa.ArrowException, WinnowError):
+            continue
+        if images is not None:
+            found.update((u, b) for u, b in zip(in_order.take(pa.array(positions)).to_pylist(), images.to_pylist())
+                         if b is not None)
     return found
+
+
+def _record(run_dir: str) -> dict:
+    try:
+        record = storage.read_json(rundir.pipeline_record_path(run_dir))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def thumbnail(data: bytes | None, px: int = 128) -> tuple[str | None, str]:

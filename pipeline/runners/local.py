@@ -2,7 +2,8 @@
 
 Each segment's output is checkpointed per shard (``rundir.part_path``: the Parquet file is the
 completion marker, its stats sit beside it), and each barrier's artifact under ``OUT/artifacts/``;
-a rerun skips whatever exists, so an interrupted run resumes.
+a rerun skips whatever exists, so an interrupted run resumes. Parts hold no input image bytes: a
+segment whose steps read them, and the kept set, get them from the input again (``rowrefs``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import pyarrow as pa
 
-from winnow.pipeline import outputs, rundir
+from winnow.pipeline import outputs, rowrefs, rundir
 from winnow.pipeline import plan as plan_mod
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.fingerprint import RunFingerprints
@@ -20,7 +21,7 @@ from winnow.pipeline.rundir import FINGERPRINT, INPUT_ROWS, part_path
 from winnow.pipeline.stats import Progress
 from winnow.stages import storage
 from winnow.stages.base import GlobalStage, GroupStage, Stage
-from winnow.stages.columns import ensure_reject_columns
+from winnow.stages.columns import ensure_reject_columns, live_mask
 
 
 def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[str, str],
@@ -32,6 +33,7 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
     shard's manifest (and kept) file from the rows in memory, before the part that marks the shard done.
     """
     segments = plan_mod.make_plan(stages, rundir.stage_context(out))
+    images = rowrefs.plan_images(segments)  # parts hold no input image bytes (pipeline/rowrefs.py)
     stats: dict[str, dict] = {}
     input_rows: dict[int, int] = {}
     for k, seg in enumerate(segments):
@@ -40,14 +42,17 @@ def run_local(stages: list[Stage], shards: list[Shard], out: str, columns: dict[
             fp = fingerprints.part(k, shard.index)
             if not rundir.part_done(path, fp):
                 table = _load_input(out, k, shard, columns, stages)
+                if images.attach_at_start(k):  # a step of this segment reads the image: back from the input
+                    table = rowrefs.attach(table, shard, columns, live_mask(table))
                 n_in = table.num_rows
                 table, st = plan_mod.run_steps(seg.steps, table)
                 if k == 0:
                     st[INPUT_ROWS] = {"rows": n_in}
                 rundir.write_json_atomic({FINGERPRINT: fp, **st}, path + ".stats.json")
                 if write_kept is not None and plan_mod.writes_outputs(segments, k):
-                    outputs.write_table_outputs(table, shard.stem, out, write_kept)
-                rundir.write_parquet_atomic(table, path)
+                    outputs.write_table_outputs(table, shard.stem, out, write_kept,
+                                                (shard, columns) if images.kept_from_input() else None)
+                rundir.write_parquet_atomic(images.strip(table, k), path)
                 for name, s in st.items():
                     if name not in (INPUT_ROWS, FINGERPRINT):
                         progress.report(name, f"shard {shard.stem}", s)

@@ -62,6 +62,7 @@ class MetaCLIPBalance(GlobalStage):
     resources = Resources(cpus=1)
     batch_size = 16384
     stateful = True  # the Aho-Corasick automaton is built once per worker
+    reads_image = ()  # matches captions only
 
     def validate(self):
         where = f"stage '{self.instance_name}' (metaclip)"

@@ -38,6 +38,7 @@ class CaptionMix(MapStage):
         Param("reject_empty", bool, False, "reject rows with neither a usable alt-text nor a synthetic caption"),
     )
     requires = ("uid",)
+    reads_image = ()
     resources = Resources(cpus=1)
     batch_size = 8192
 

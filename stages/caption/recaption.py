@@ -63,6 +63,7 @@ class Recaption(MapStage):
     resources = Resources(cpus=1, gpus=1)  # per instance: the cpus / gpus parameters
     batch_size = 512
     stateful = True
+    reads_image = ("process_batch",)
 
     def validate(self):
         where = f"stage '{self.instance_name}' (recaption)"

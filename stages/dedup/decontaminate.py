@@ -43,6 +43,7 @@ class Decontaminate(MapStage):
     resources = Resources(cpus=1)
     batch_size = 1024
     stateful = True  # the eval index loads once per worker
+    reads_image = ("process_batch",)  # pHashes the image when the rows have no phash column
 
     def validate(self):
         where = f"stage '{self.instance_name}'"
@@ -110,8 +111,9 @@ class Decontaminate(MapStage):
 
 def load_eval_set(path: str, embedding_field: str, where: str) -> tuple[list[str], list[bytes], pa.Array | None]:
     """(ids, encoded images, embeddings or None) of a folder of images or a Parquet eval set."""
-    listed = storage.list_files(path, recursive=True) if storage.isdir(path) else []
-    if listed and not any(f.endswith(".parquet") for f in listed):
+    folder = storage.isdir(path)
+    listed = storage.list_files(path, recursive=True) if folder else []
+    if folder and not any(f.endswith(".parquet") for f in listed):
         files = [f for f in listed if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
         if not files:
             raise WinnowError(f"{where}: eval_images {path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")

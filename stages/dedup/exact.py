@@ -68,6 +68,7 @@ class UrlDedup(_ExactDedup):
     kind = "url"
     key_column = "url_key"
     requires = ("url",)
+    reads_image = ()
     params = (
         Param("prefer", str, "uid", PREFER_HELP),
         Param("ignore_scheme", bool, True, "treat http:// and https:// of the same address as one URL"),
@@ -89,6 +90,7 @@ class ImageDedup(_ExactDedup):
     kind = "image"
     key_column = "image_sha256"
     requires = ("image",)
+    reads_image = ("prepare",)  # deciding reads the hashes only
     params = (Param("prefer", str, "uid", PREFER_HELP),)
 
     def prepare(self, table: pa.Table) -> pa.Table:

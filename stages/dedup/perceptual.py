@@ -29,6 +29,7 @@ class PerceptualDedup(GroupStage):
     name = "dedup_phash"
     help = "perceptual dedup: 64-bit DCT pHash within a Hamming radius (dup:phash), global across shards"
     requires = ("image",)
+    reads_image = ("prepare",)  # deciding reads the hashes only
     params = (
         Param("radius", int, 6, "maximum Hamming distance (bits of 64) between near-duplicates; pHash distances "
                                 "are even, so 6 and 7 behave alike", min=0, max=20),

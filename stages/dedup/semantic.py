@@ -47,6 +47,7 @@ class SemDedupKMeans(GlobalStage):
     )
     resources = Resources(cpus=1)
     stateful = True
+    reads_image = ()  # embeddings from a column or a side dataset
 
     def validate(self):
         where = f"stage '{self.instance_name}'"
@@ -129,6 +130,7 @@ class SemDedup(GroupStage):
     name = "semdedup"
     help = "SemDeDup step 2: within each k-means cluster, reject rows with cosine similarity > 1 - eps to a better row"
     key_column = CLUSTER
+    reads_image = ()
     params = (
         Param("eps", float, 0.05, "duplicates have cosine similarity > 1 - eps",
               min=0.0, max=2.0, open_min=True, open_max=True),

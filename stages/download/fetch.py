@@ -71,6 +71,7 @@ class Download(MapStage):
     resources = Resources(cpus=1)
     batch_size = 1024
     stateful = True  # setup() starts the worker pool once per worker
+    reads_image = ()  # produces image; never reads an earlier one
 
     def validate(self):
         if self.retry_failed and not self.previous:

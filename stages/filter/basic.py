@@ -40,6 +40,7 @@ class BasicFilter(MapStage):
     resources = Resources(cpus=1)
     batch_size = 8192
     stateful = True  # the fastText model loads once per worker
+    reads_image = ("process_batch",)  # size rules read the image header when there is an image
 
     def validate(self):
         # max(w/h, h/w) is never below 1: a max_aspect_ratio in (0, 1) would reject every image

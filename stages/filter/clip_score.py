@@ -79,6 +79,7 @@ class ClipScore(GlobalStage):
     resources = Resources(cpus=2.0, gpus=None)  # the typical worker; each instance sets its own in validate()
     batch_size = 2048
     stateful = True
+    reads_image = ("prepare",)  # scores; the threshold (partial, apply) reads the score only
 
     # -- declaration ------------------------------------------------------------------------------
     def validate(self) -> None:

@@ -39,6 +39,7 @@ class Filter(GlobalStage):
     )
     resources = Resources(cpus=1)
     batch_size = 16384  # metadata rows are small
+    reads_image = ()  # unless the predicate names image (validate)
 
     def validate(self) -> None:
         where = f"stage '{self.instance_name}'"
@@ -60,6 +61,8 @@ class Filter(GlobalStage):
             raise WinnowError(f"{where}: set 'keep_where' and/or 'keep_top'; a filter with no rule would do nothing")
         reads = [*(self.predicate.columns if self.predicate else ()), *([self.top_column] if self.top_column else [])]
         self.requires = tuple(dict.fromkeys(reads))  # checked against the input before anything runs
+        # a predicate on ``image`` (e.g. 'image is not null') is tested in partial and apply too
+        self.reads_image = ("prepare", "partial", "apply") if "image" in self.requires else ()
 
     def _keep_top(self, where: str) -> tuple[str, float]:
         spec = self.config["keep_top"]

@@ -34,6 +34,7 @@ class ScoreEmbeddings(MapStage):
         Param("embedding_field", str, "", "embedding column in the side dataset (default: image_embedding)"),
     )
     requires = ("uid",)
+    reads_image = ()  # cached embeddings, no decode
     resources = Resources(cpus=1)
     batch_size = 8192
 

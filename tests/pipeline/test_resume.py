@@ -84,6 +84,22 @@ def test_a_shard_added_before_the_others_is_run_and_nothing_shifts(sample_dir, t
     assert len(os.listdir(out / "manifest")) == 4
 
 
+def test_new_weights_saved_in_a_model_directory_are_not_resumed_over(sample_dir, tmp_path):
+    """A Hugging Face model directory is a parameter like a checkpoint file: its files are fingerprinted."""
+    from winnow.stages.models.tiny_classifier import build_tiny_classifier
+
+    model = build_tiny_classifier("tiny-vit", str(tmp_path / "clf"), seed=0)
+    cfg = parse_pipeline({"input": str(sample_dir / "shard-00000.parquet"), "stages": [
+        {"stage": "image_classify", "model": model, "labels": {"pwatermark": "watermark"}}]})
+    execute(cfg, str(tmp_path / "o"), progress=False)
+    first = _manifest(tmp_path / "o")["pwatermark"]
+    build_tiny_classifier("tiny-vit", model, seed=1)  # retrained, saved over the same path
+    with pytest.raises(WinnowError, match=r"stage 'image_classify' files changed"):
+        execute(cfg, str(tmp_path / "o"), progress=False)
+    execute(cfg, str(tmp_path / "o"), progress=False, fresh=True)
+    assert not _manifest(tmp_path / "o")["pwatermark"].equals(first)
+
+
 def test_a_changed_shard_is_rerun(sample_dir, tmp_path):
     pool = tmp_path / "pool"
     shutil.copytree(sample_dir, pool, ignore=shutil.ignore_patterns("ground_truth"))
@@ -189,12 +205,13 @@ def test_full_disk_is_one_line_and_nothing_half_written_counts_as_done(sample_di
     full = _tmpfs(tmp_path / "full")
     out = full / "o"
     try:
+        # --quiet: the disk may fill only after a shard's progress line (checkpoints hold no image bytes)
         if command == "stage":
-            proc = winnow("stage", "basic_filter", "--input", sample_dir, "--output", out, "--kept")
+            proc = winnow("stage", "basic_filter", "--input", sample_dir, "--output", out, "--kept", "--quiet")
         else:
             spec = tmp_path / "p.yaml"
             spec.write_text(f"input: {sample_dir}\noutput: {out}\nstages:\n  - stage: basic_filter\n")
-            proc = winnow("run", spec, "--runner", command.split("-")[1])
+            proc = winnow("run", spec, "--runner", command.split("-")[1], "--quiet")
         if command == "run-ray":  # Ray's own C++ core logs a line of its own when a worker's task fails
             proc.stderr = "\n".join(line for line in proc.stderr.splitlines() if "core_worker.cc" not in line)
         assert_one_line_error(proc, f"output {out}", "No space left on device")

@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from winnow.pipeline import plan as plan_mod
-from winnow.pipeline import rundir
+from winnow.pipeline import rowrefs, rundir
 from winnow.pipeline.inputs import Shard, read_shard
 from winnow.pipeline.plan import Step
 from winnow.pipeline.runners.ray_data import blocks, session
 from winnow.stages import storage
 from winnow.stages.base import GroupStage, Resources, Stage
-from winnow.stages.columns import ensure_reject_columns
+from winnow.stages.columns import ensure_reject_columns, live_mask
 from winnow.stages.context import StageContext
 from winnow.stages.errors import WinnowError
 
@@ -255,12 +255,14 @@ def _read_batch(batch: pa.Table, source: tuple, settings: storage.Settings):
 
 def load_shard(shard: Shard, source: tuple) -> pa.Table:
     """A shard's rows at the start of a pass: the input itself, a segment's parts, or what follows one."""
-    kind, a, b = source
-    if kind == "input":
-        table = ensure_reject_columns(read_shard(shard, a))
-        if b is not None:
-            b.check_columns(table.schema, f"input {shard.path}")
+    if source[0] == "input":
+        _, columns, first = source
+        table = ensure_reject_columns(read_shard(shard, columns))
+        if first is not None:
+            first.check_columns(table.schema, f"input {shard.path}")
         return table
-    if kind == "after":
-        return storage.read_parquet(rundir.final_part(a, b, shard.stem))
-    raise ValueError(kind)
+    if source[0] == "after":  # with a column mapping when the segment's steps read the input's image bytes
+        _, out, k, attach_columns = source
+        table = storage.read_parquet(rundir.final_part(out, k, shard.stem))
+        return table if attach_columns is None else rowrefs.attach(table, shard, attach_columns, live_mask(table))
+    raise ValueError(source[0])

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from winnow.pipeline import outputs, rundir
+from winnow.pipeline import outputs, rowrefs, rundir
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.plan import global_partial
 from winnow.pipeline.rundir import FINGERPRINT, INPUT_ROWS, LIVE_IN, NROWS, ROW, SEC, SHARD
@@ -73,6 +73,10 @@ class PassSpec:
     final_outputs: tuple[str, bool] | None = None  # (run dir, write_kept): the run's last pass writes them too
     stems: dict[int, str] = field(default_factory=dict)  # shard index -> its output stem
     fingerprints: dict[int, str] = field(default_factory=dict)  # shard index -> what produces its part
+    # Parts and block files hold no input image bytes (pipeline/rowrefs.py) unless a stage produced them
+    drop_image: bool = False
+    # shard index -> (input Shard, column mapping) when the kept rows (final_outputs) take bytes from the input
+    kept_inputs: dict[int, tuple] | None = None
 
     def part(self, stem: str) -> str:
         return storage.join(self.seg_dir, f"part-{stem}{self.suffix}")
@@ -144,7 +148,7 @@ def write_block(table: pa.Table, spec: PassSpec, partial_stage=None) -> pa.Table
         else:
             first_row = int(pc.min(internal[ROW]).as_py())
             block = storage.join(spec.block_dir, f"{int(s):05d}-{first_row:012d}.parquet")
-            rundir.write_parquet_atomic(view.append_column(ROW, internal[ROW]), block)
+            rundir.write_parquet_atomic(_as_stored(view, spec).append_column(ROW, internal[ROW]), block)
         for key, value in (("shard", int(s)), ("n", n), ("rows", piece.num_rows), ("block", block),
                            ("stats", json.dumps(bs)), ("done", done),
                            ("partial", pickle.dumps(partial) if spec.partials and not done else None)):
@@ -187,5 +191,10 @@ def write_shard(spec: PassSpec, index: int, table: pa.Table, shard_stats: dict |
         stats = {FINGERPRINT: spec.fingerprints[index], **shard_stats}
         rundir.write_json_atomic(stats, spec.part(stem) + ".stats.json")
     if spec.final_outputs is not None:
-        outputs.write_table_outputs(table, stem, *spec.final_outputs)
-    rundir.write_parquet_atomic(table, spec.part(stem))
+        source = spec.kept_inputs.get(index) if spec.kept_inputs is not None else None
+        outputs.write_table_outputs(table, stem, *spec.final_outputs, source)
+    rundir.write_parquet_atomic(_as_stored(table, spec), spec.part(stem))
+
+
+def _as_stored(table: pa.Table, spec: PassSpec) -> pa.Table:
+    return rowrefs.without_bytes(table) if spec.drop_image else table

@@ -14,7 +14,7 @@ import copy
 import sys
 
 from winnow.pipeline import plan as plan_mod
-from winnow.pipeline import rundir
+from winnow.pipeline import rowrefs, rundir
 from winnow.pipeline import stats as stats_mod
 from winnow.pipeline.fingerprint import RunFingerprints
 from winnow.pipeline.inputs import Shard
@@ -37,6 +37,7 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
     """
     out = storage.abspath(out)  # workers may run elsewhere: paths must not depend on their cwd
     segments = plan_mod.make_plan(stages, rundir.stage_context(out))
+    images = rowrefs.plan_images(segments)  # parts hold no input image bytes (pipeline/rowrefs.py)
     started = session.connect(address, min_cpus=max(adapter.cpus_needed(s.steps) for s in segments))
     try:
         cluster = session.cluster_resources()
@@ -47,7 +48,7 @@ def run_ray(stages: list[Stage], shards: list[Shard], out: str, columns: dict[st
             final_outputs = (out, write_kept) if write_kept is not None and plan_mod.writes_outputs(segments, k) \
                 else None
             session.guard(lambda: _segment_pass(k, seg, stages, shards, out, columns, cluster, progress,
-                                                fingerprints, final_outputs))
+                                                fingerprints, images, final_outputs))
             for shard in shards:
                 rundir.merge_part_stats(part_path(out, k, shard.stem), shard.index, stats, input_rows)
             if isinstance(seg.barrier, GlobalStage):
@@ -99,18 +100,21 @@ def _check_gpus(stages: list[Stage], cluster: dict, embedded: bool, remote: bool
 # -- one segment -------------------------------------------------------------------------------
 def _segment_pass(k: int, seg: plan_mod.Segment, stages: list[Stage], shards: list[Shard], out: str,
                   columns: dict, cluster: dict, progress: Progress, fingerprints: RunFingerprints,
-                  final_outputs: tuple | None = None) -> None:
+                  images: rowrefs.ImagePlan, final_outputs: tuple | None = None) -> None:
+    kept_inputs = {s.index: (s, columns) for s in shards} if final_outputs and images.kept_from_input() else None
     spec = blocks.PassSpec(
         seg_dir=seg_dir(out, k), block_dir=storage.join(seg_dir(out, k), "blocks"),
         steps=[(s.stage.instance_name, s.kind) for s in seg.steps],
         partials=isinstance(seg.barrier, GlobalStage), first=k == 0, final_outputs=final_outputs,
-        stems={s.index: s.stem for s in shards}, fingerprints={s.index: fingerprints.part(k, s.index) for s in shards})
+        stems={s.index: s.stem for s in shards}, fingerprints={s.index: fingerprints.part(k, s.index) for s in shards},
+        drop_image=not images.keep[k], kept_inputs=kept_inputs)
     pending = [s for s in shards if not _segment_done(spec, s)]
     if not pending:
         return
     storage.rmtree(spec.block_dir)  # pieces of an interrupted attempt
     storage.makedirs(spec.block_dir)
-    source = ("input", columns, stages[0] if stages else None) if k == 0 else ("after", out, k - 1)
+    source = (("input", columns, stages[0] if stages else None) if k == 0
+              else ("after", out, k - 1, columns if images.attach_at_start(k) else None))
     ds = adapter.read_dataset(pending, source, cluster, seg.steps[0].stage if seg.steps else None)
     for j, step in enumerate(seg.steps):
         ds = adapter.map_step(ds, step, j, cluster, spec if j == len(seg.steps) - 1 else None)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
+import sys
 import time
 
 from winnow.stages import storage
@@ -279,11 +281,13 @@ def user_error(exc: BaseException) -> str | None:
             return _first_line(e)
         stack.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
     # Ray Data wraps a UDF's exception in a UserCodeException and pickling drops the chain: the
-    # worker's WinnowError then survives only as a line of the traceback text.
-    marker = f"{WinnowError.__module__}.{WinnowError.__qualname__}: "
+    # worker's WinnowError (or a subclass of it, as storage.StorageError) survives only as a line of
+    # the traceback text, "module.Class: message".
     for line in str(exc).splitlines():
-        if line.startswith(marker):
-            return line[len(marker):]
+        m = re.match(r"(winnow\.[\w.]+)\.(\w+): (.*)", line)
+        cls = getattr(sys.modules.get(m.group(1)), m.group(2), None) if m else None
+        if isinstance(cls, type) and issubclass(cls, WinnowError):
+            return m.group(3)
     return None
 
 

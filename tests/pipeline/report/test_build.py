@@ -119,6 +119,9 @@ def test_real_run_page_in_chromium(basic, browser, tmp_path, capsys):
     assert ["lang_score", 0.3] in facts["thresholds"]  # basic_filter's configured min_lang_score
 
     assert facts["images"] and all(i["data"] and i["ok"] for i in facts["images"])
+    # rejected rows' images too, though the run's checkpoints hold no bytes: read from the input by reference
+    html = (basic / "report.html").read_text()
+    assert "image not found in run dir" not in html and "no image bytes" not in html
     manifest = _manifest(basic)
     kept_grid = [g for g in facts["grids"] if g["grid"] == "kept"]
     assert len(kept_grid) == 1 and len(kept_grid[0]["uids"]) == min(24, stats["rows_kept"])
@@ -257,7 +260,14 @@ def test_sections_appear_only_with_their_data(basic, tmp_path, capsys):
     shutil.copytree(basic, no_work, ignore=shutil.ignore_patterns("work", "report.html"))
     html = pathlib.Path(write_report(str(no_work))).read_text()
     assert 'data-grid="kept"' in html and "<img" in html  # kept images come from kept/
-    assert "image not found in run dir" in html  # rejected rows' bytes lived only in work/
+    # rejected rows' bytes were never in the run (checkpoints hold none): read from the input by reference
+    assert 'data-grid="rejected"' in html and "image not found in run dir" not in html
+    record = json.loads((no_work / "pipeline.json").read_text())
+    for entry in record["inputs"]:  # the input moved away since the run: nothing to show for those rows
+        entry["path"] = str(tmp_path / "moved" / os.path.basename(entry["path"]))
+    (no_work / "pipeline.json").write_text(json.dumps(record))
+    html = pathlib.Path(write_report(str(no_work))).read_text()
+    assert "<img" in html and "image not found in run dir" in html
 
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
     assert cli.main(["report", str(tmp_path)]) == 2

@@ -271,6 +271,8 @@ def test_driver_killed_then_rerun_resumes(sample_dir, tmp_path, reference):
     finally:
         _kill_group(proc)
     assert manifest(out).equals(reference["manifest"])
+    kept = pq.read_table(out / "kept").sort_by("uid")  # bytes from the input: checkpoints hold none
+    assert kept.num_rows and kept.equals(pq.read_table(reference["out"] / "kept").sort_by("uid"))
     assert {p: os.path.getmtime(p) for p in done_before} == done_before  # checkpoints kept, not redone
     assert "basic_filter" in log.read_text()  # per-stage progress lines on stderr
 
