@@ -2,7 +2,8 @@
 
 Stages own their artifact formats, so this module reads them by convention and ignores what it
 does not recognise: a threshold is any number under a key ending in ``threshold`` (or ``min_score``)
-in ``artifacts/<instance>.json``, or a ``min_<column>``/``max_<column>`` parameter in the config;
+in ``artifacts/<instance>.json``, a ``min_<column>``/``max_<column>`` parameter in the config, or a
+top-level ``and`` term of a ``keep_where``/``where`` predicate comparing a column with a number;
 MetaCLIP entry counts come from the metaclip stage's artifact (per metadata group) or its Parquet
 sidecar, or else from the manifest's ``metaclip_entries``; ``t`` from the artifact or the config.
 """
@@ -100,6 +101,34 @@ def thresholds(run_dir: str, pipeline: dict | None, columns: list[str]) -> dict[
             if key in THRESHOLD_KEYS:
                 for c in cols:
                     add(c, f"{inst} {key}", value)
+        for col, label, value in predicate_cuts(spec.get("keep_where") or spec.get("where")):
+            add(col, f"{inst} {label}", value)
+    return out
+
+
+def predicate_cuts(text) -> list[tuple[str, str, float]]:
+    """(column, label, number) for each top-level ``and`` term of a filter predicate comparing a column
+    with a number by order (``aesthetic >= 5``, ``5 <= aesthetic``): a cut every kept row passed. The
+    label says the rule and the side kept (``keep_where (>=)``). Terms under ``or``/``not`` are no
+    single cut and are left out; an unparsable text gives none."""
+    from winnow.stages.predicate import Column, parse_predicate
+
+    if not isinstance(text, str) or not text.strip():
+        return []
+    try:
+        terms = parse_predicate(text).conjuncts()
+    except WinnowError:
+        return []
+    flipped = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+    out = []
+    for term in terms:
+        kind, op, left, right = (term.tree + (None, None))[:4]
+        if kind != "cmp" or op not in flipped:
+            continue
+        if isinstance(left, Column) and _number(right):
+            out.append((left.name, f"keep_where ({op})", float(right)))
+        elif isinstance(right, Column) and _number(left):
+            out.append((right.name, f"keep_where ({flipped[op]})", float(left)))
     return out
 
 

@@ -1,9 +1,10 @@
 """`winnow report RUN_DIR`: write RUN_DIR/report.html, the human view of a run (DESIGN.md §5).
 
 One self-contained page (inline CSS, SVG charts, base64 thumbnails; no scripts, nothing fetched):
-the funnel from stats.json, a histogram per score column with its thresholds, the MetaCLIP
-entry-count curve before/after balancing, duplicate groups as image strips and grids of kept and
-rejected images per reason. Every section appears only when its data exists. The cost is one
+the funnel from stats.json, a histogram per score column with its thresholds, per embedding head its
+histogram and its highest/lowest scored kept and rejected images (heads.py), the MetaCLIP entry-count
+curve before/after balancing, duplicate groups as image strips and grids of kept and rejected images
+per reason. Every section appears only when its data exists. The cost is one
 streaming pass over the manifest's needed columns plus image reads for a bounded sample, so a run
 of millions of rows gives a page of a few MB in seconds to minutes.
 """
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from winnow.pipeline.report import artifacts as arts
 from winnow.pipeline.report import charts
+from winnow.pipeline.report import heads as hd
 from winnow.pipeline.report import html as h
 from winnow.pipeline.report.images import fetch_rows, thumbnail
 from winnow.pipeline.report.scan import KEPT_KEY, ManifestScanner, column_ranges, histogram_edges, score_columns
@@ -58,9 +60,12 @@ def write_report(run_dir: str, output: str | None = None, *, per_grid: int = 12,
     stems = [s for s, _ in files]
     picked = _spread(stems, sample_shards)
     entry_groups = ([c["group"] for c in curves] or [None]) if has_entries else []
-    scan = ManifestScanner(per_grid, dup_groups, dup_members, seed, edges, entry_groups).scan(files, picked)
+    heads = hd.head_columns(pipeline, cols)
+    extremes = hd.Extremes(list(heads), per_grid)
+    scan = ManifestScanner(per_grid, dup_groups, dup_members, seed, edges, entry_groups,
+                           (extremes,)).scan(files, picked)
     scan.samples[KEPT_KEY] = scan.samples.get(KEPT_KEY, [])
-    _attach_images(run_dir, scan, thumb_px)
+    _attach_images(run_dir, scan, thumb_px, extremes.shown())
 
     if not curves and None in scan.entry_counts:
         curves = [{"group": None, "counts": scan.entry_counts[None], "t": arts.metaclip_t(pipeline),
@@ -69,7 +74,8 @@ def write_report(run_dir: str, output: str | None = None, *, per_grid: int = 12,
         ("funnel", "Funnel", charts.funnel_svg([{"name": n, **s} for n, s in stats["stages"].items()],
                                                 int(stats["rows_in"]), int(stats["rows_kept"]))
          + h.funnel_table(stats, types)),
-        ("scores", "Score distributions", _scores(scan.histograms, thr)),
+        ("scores", "Score distributions", _scores({c: v for c, v in scan.histograms.items() if c not in heads}, thr)),
+        ("heads", "Embedding heads", hd.section(heads, scan.histograms, thr, extremes)),
         ("balance", "MetaCLIP balancing", "".join(_balance(c, scan.entry_realized.get(c["group"]), len(curves) > 1)
                                                     for c in curves)),
         ("duplicates", "Duplicate groups", _duplicates(scan.dup_groups, stats)),
@@ -112,9 +118,9 @@ def _schema(files: list[tuple[str, str]]) -> pa.Schema | None:
     return pa.schema(list(fields.values())) if files else None
 
 
-def _attach_images(run_dir: str, scan, thumb_px: int) -> None:
+def _attach_images(run_dir: str, scan, thumb_px: int, more: list[dict] = ()) -> None:
     """Find bytes (and captions the manifest lacks) for every shown row; store thumbnails on the rows."""
-    shown = [r for rows in scan.samples.values() for r in rows]
+    shown = [r for rows in scan.samples.values() for r in rows] + list(more)
     survivors = {}
     for uid, g in scan.dup_groups.items():
         shown.extend(g["members"])

@@ -50,12 +50,13 @@ def _clip(text: str | None, limit: int = CAPTION_CHARS) -> str:
     return f'<span title="{escape(text[:2000])}">{escape(shown)}</span>' if shown != text else escape(shown)
 
 
-def card(row: dict, badge: tuple[str, str] | None = None, extra_class: str = "") -> str:
-    """One image with its alt-text, synthetic caption(s), decision and scores."""
+def card(row: dict, badge: tuple[str, str] | None = None, extra_class: str = "", data: dict | None = None) -> str:
+    """One image with its alt-text, synthetic caption(s), decision and scores; ``data``: more data-* values."""
     uri, note = row.get("thumb"), row.get("note", "")
     img = (f'<img src="{uri}" alt="{escape(note)}" title="{escape(note)}">' if uri
            else f'<div class="noimg">{escape(note or "no image")}</div>')
-    parts = [f'<figure class="card {extra_class}" data-uid="{escape(str(row.get("uid")))}">{img}<figcaption>']
+    attrs = "".join(f' data-{k}="{escape(str(v))}"' for k, v in (data or {}).items())
+    parts = [f'<figure class="card {extra_class}" data-uid="{escape(str(row.get("uid")))}"{attrs}>{img}<figcaption>']
     if badge:
         parts.append(f'<p><span class="tag {badge[0]}">{escape(badge[1])}</span></p>')
     parts.append(f'<p><span class="tag">alt</span>{_clip(row.get("caption"))}</p>')

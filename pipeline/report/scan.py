@@ -105,8 +105,9 @@ class ManifestScanner:
     batch_rows = 65536  # rows read at a time: memory stays bounded whatever the file size
 
     def __init__(self, per_grid: int, dup_groups: int, dup_members: int, seed: int,
-                 histograms: dict[str, np.ndarray], entry_groups: list):
+                 histograms: dict[str, np.ndarray], entry_groups: list, observers: tuple = ()):
         self.per_grid, self.max_groups, self.max_members = per_grid, dup_groups, dup_members
+        self.observers = observers  # more per-batch views over every row: ``.columns``, ``.add(t, kept, stem)``
         self.rng = np.random.default_rng(seed)
         self.seed = seed
         self.entry_groups = entry_groups
@@ -118,7 +119,8 @@ class ManifestScanner:
         for stem, path in files:
             pf = storage.parquet_file(path)
             names = pf.schema_arrow.names
-            wanted = [c for c in (*ROW_FIELDS, *self.result.histograms) if c in names]
+            extra = [c for o in self.observers for c in o.columns]
+            wanted = list(dict.fromkeys(c for c in (*ROW_FIELDS, *self.result.histograms, *extra) if c in names))
             if self.entry_groups and "metaclip_entries" in names:
                 wanted += [c for c in ("metaclip_entries", "metaclip_group") if c in names]
             for batch in pf.iter_batches(batch_size=self.batch_rows, columns=wanted):
@@ -132,6 +134,8 @@ class ManifestScanner:
         for c, hist in self.result.histograms.items():
             if c in t.column_names:
                 hist.add(t[c], kept)
+        for observer in self.observers:
+            observer.add(t, kept, stem)
         if sample:
             self._sample(t, stem, kept)
         if "dup_of" in t.column_names:
@@ -158,7 +162,7 @@ class ManifestScanner:
                 continue
             if len(idx) > limit:
                 idx = idx[np.argpartition(keys[idx], limit - 1)[:limit]]
-            rows = _rows(t, idx, stem)
+            rows = table_rows(t, idx, stem)
             have, have_keys = self.result.samples.setdefault(key, []), self._keys.setdefault(key, [])
             merged = sorted(zip(have_keys + list(keys[idx]), have + rows), key=lambda kv: kv[0])[:limit]
             self._keys[key] = [k for k, _ in merged]
@@ -185,7 +189,7 @@ class ManifestScanner:
                 chosen.append((int(i), s))
         if not chosen:
             return
-        rows = _rows(t, np.array([i for i, _ in chosen]), stem)
+        rows = table_rows(t, np.array([i for i, _ in chosen]), stem)
         for row, (_, s) in zip(rows, chosen):  # a group evicted later in this batch is simply skipped
             if s in groups and len(groups[s]["members"]) < self.max_members:
                 groups[s]["members"].append(row)
@@ -207,7 +211,7 @@ class ManifestScanner:
                 store[group] = np.pad(have, (0, size - len(have))) + np.pad(counts, (0, size - len(counts)))
 
 
-def _rows(t: pa.Table, idx: np.ndarray, stem: str) -> list[dict]:
+def table_rows(t: pa.Table, idx: np.ndarray, stem: str) -> list[dict]:
     """The displayed fields of rows ``idx``: uid, captions, decision and every score."""
     cols = [c for c in t.column_names if c in ROW_FIELDS or pa.types.is_floating(t.schema.field(c).type)]
     rows = t.select(cols).take(pa.array(idx)).to_pylist()

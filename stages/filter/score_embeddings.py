@@ -2,9 +2,11 @@
 
 Reads the float16 ``image_embedding`` of each row, by uid, from a clip_score ``embeddings_dir`` (or any
 Parquet side dataset keyed by uid, ``embedding_field`` naming its list column) and writes one float32
-column per ``heads`` entry (models/heads.py). A row with no cached embedding gets a null score, which
-a later ``filter`` rejects as ``filter_null:<column>``. The side dataset's ``winnow.model`` metadata
-must be the model each head was trained on (one error naming both otherwise).
+column per ``heads`` entry (models/heads.py). A row with no cached embedding, or whose vector holds
+NaN/inf or only zeros, gets null scores (never NaN) and says why in ``<stage>_error``
+(``embedding_missing``, ``embedding_not_finite``), so the manifest counts them; a later ``filter``
+rejects null scores as ``filter_null:<column>``. The side dataset's ``winnow.model`` metadata must be
+the model each head was trained on (one error naming both otherwise).
 
 Scores equal those of the same heads inside clip_score (``heads:``) on the same rows: both feed the
 head the stored float16 vector, back to float32 and L2-normalised (docs/heads.md).
@@ -47,12 +49,16 @@ class ScoreEmbeddings(MapStage):
         for col, spec in self.heads.items():
             if not isinstance(spec, str) or not col:
                 raise WinnowError(f"{where}: heads must map column names to head spec strings")
-            if col in RESERVED:
-                raise WinnowError(f"{where}: head column '{col}' would overwrite a canonical column")
+            if col in RESERVED or col == self.error_column:
+                raise WinnowError(f"{where}: head column '{col}' would overwrite a canonical or the error column")
             H.parse_head(spec, where=f"{where} heads.{col}")
 
+    @property
+    def error_column(self) -> str:
+        return f"{self.instance_name}_error"
+
     def produces(self) -> dict:
-        return {col: pa.float32() for col in self.heads}
+        return {**{col: pa.float32() for col in self.heads}, self.error_column: pa.string()}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -80,14 +86,19 @@ class ScoreEmbeddings(MapStage):
     def process_batch(self, table: pa.Table) -> pa.Table:
         col = self._source.raw(table)
         n = len(col)
-        ok = col.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+        have = col.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+        ok = have.copy()
         outs = {c: np.full(n, np.nan, np.float32) for c in self._heads}
-        if ok.any():
-            valid = col if ok.all() else col.filter(pa.array(ok))
-            flat = valid.flatten().to_numpy(zero_copy_only=False)
-            emb = flat.reshape(len(valid), -1)
+        if have.any():
+            valid = col if have.all() else col.filter(pa.array(have))
+            emb = valid.flatten().to_numpy(zero_copy_only=False).reshape(len(valid), -1)
+            x = emb.astype(np.float32)
+            ok[have] = np.isfinite(x).all(axis=1) & (np.abs(x).sum(axis=1) > 0)  # a NaN would poison every head
+            usable = ok[have]
             for c, head in self._heads.items():
-                outs[c][ok] = head(emb)
+                if usable.any():
+                    outs[c][ok] = head(emb[usable])
+        errors = np.where(have, np.where(ok, None, "embedding_not_finite"), "embedding_missing")
         for c, vals in outs.items():
-            table = set_column(table, c, pa.array(vals, pa.float32(), mask=~ok))
-        return table
+            table = set_column(table, c, pa.array(vals, pa.float32(), mask=~np.isfinite(vals)))
+        return set_column(table, self.error_column, pa.array(errors.tolist(), pa.string()))
