@@ -15,7 +15,9 @@ CATCHERS = {
     "non_english": (lambda s, r: r.startswith("language:"), "language:*"),
     "exact_duplicate": (lambda s, r: r == "dup:image", "dup:image"),
     "near_duplicate": (lambda s, r: r == "dup:phash", "dup:phash"),
-    "mismatched_caption": (lambda s, r: s == "dfn", "dfn (keep top 75%)"),
+    "watermark": (lambda s, r: r.startswith("filter:watermark "), "watermark head"),
+    "blurred": (lambda s, r: r.startswith("filter:blurred "), "blurred head"),
+    "mismatched_caption": (lambda s, r: r == "below_keep_top:dfn_score", "dfn score (keep top 75%)"),
 }
 
 

@@ -81,7 +81,12 @@ def cmd_run(args) -> int:
 def cmd_sample(args) -> int:
     from winnow.pipeline.tools.sample import write_sample
 
-    info = write_sample(args.output, args.rows, shards=args.shards, seed=args.seed, mismatch=args.mismatch)
+    fractions = {"watermark": args.watermark, "blurred": args.blurred}
+    for flag, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise WinnowError(f"--{flag} {value}: a fraction of rows, between 0 and 1")
+    info = write_sample(args.output, args.rows, shards=args.shards, seed=args.seed, mismatch=args.mismatch,
+                        fractions=fractions)
     print(f"wrote {info['rows']} rows in {len(info['shards'])} shard(s) to {args.output}")
     print("planted: " + ", ".join(f"{k}={v}" for k, v in info["planted"].items()))
     print(f"ground truth: {os.path.join(args.output, 'ground_truth', 'ground_truth.parquet')}")
@@ -190,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--mismatch", type=float, default=0.0, help="fraction of clean rows given another row's caption")
+    s.add_argument("--watermark", type=float, default=0.0,
+                   help="fraction of rows given a semi-transparent text or logo overlay (ground truth: watermark)")
+    s.add_argument("--blurred", type=float, default=0.0, help="fraction of rows blurred (ground truth: blurred)")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("train-dfn", help="train or fine-tune a filter CLIP on a high-quality set")

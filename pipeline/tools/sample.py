@@ -3,6 +3,8 @@
 Images are drawn procedurally (coloured shapes on a smooth random background, varied sizes,
 JPEG and PNG) and captions describe what was drawn, so a small CLIP can learn the pairing. Problems
 are planted in known proportions, one per row at most, and written to ``ground_truth.parquet``.
+Watermark-like overlays and blur (pipeline/tools/overlays.py) are opt-in (``--watermark``,
+``--blurred``): their rows keep a caption that describes the scene, as alt-text does.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from winnow.pipeline.rundir import write_parquet_atomic
+from winnow.pipeline.tools import overlays
+from winnow.stages.errors import WinnowError
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40),
           "purple": (140, 50, 170), "orange": (245, 140, 30), "black": (20, 20, 20), "white": (245, 245, 245),
@@ -37,7 +41,7 @@ EN_TEMPLATES = ["a photo of {objs} on a {bg} background", "{objs} drawn on a {bg
 # planted problem -> default fraction of rows
 PROBLEMS = {"corrupt_image": 0.02, "zero_bytes": 0.01, "tiny_image": 0.03, "extreme_aspect": 0.02,
             "empty_caption": 0.02, "long_caption": 0.01, "non_english": 0.05, "exact_duplicate": 0.03,
-            "near_duplicate": 0.03}
+            "near_duplicate": 0.03, "watermark": 0.0, "blurred": 0.0}  # the last two are opt-in
 
 
 def draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[object, list[tuple[str, str]], str]:
@@ -104,6 +108,9 @@ def generate(rows: int, seed: int = 0, mismatch: float = 0.0,
 
     rng = np.random.default_rng(seed)
     fractions = {**PROBLEMS, **(fractions or {})}
+    if sum(fractions.values()) > 1.0 + 1e-9:  # one problem per row: more would silently plant fewer
+        raise WinnowError(f"planted fractions add up to {sum(fractions.values()):.2f} of the rows (at most 1): "
+                          + ", ".join(f"{k}={v}" for k, v in fractions.items() if v))
     plan = _assign_problems(rng, rows, fractions)
     uids = [f"s{seed}-{i:07d}" for i in range(rows)]
     images: list[bytes | None] = []
@@ -119,6 +126,10 @@ def generate(rows: int, seed: int = 0, mismatch: float = 0.0,
             short = int(rng.integers(200, 260))  # big enough to pass min_side: only the aspect ratio is wrong
             w, h = (int(short * rng.uniform(3.3, 4.5)), short)[:: 1 if rng.random() < 0.5 else -1]
         img, objs, bg = draw_scene(rng, w, h)
+        if problem == "watermark":
+            img = overlays.add_watermark(img, rng)
+        elif problem == "blurred":
+            img = overlays.blur(img, rng)
         fmt = "PNG" if rng.random() < 0.15 else "JPEG"
         data = encode(img, fmt)
         lang = str(rng.choice(list(TRANSLATIONS))) if problem == "non_english" else "en"
@@ -193,8 +204,9 @@ def _swap_captions(rng, captions, truth, clean: list[int], fraction: float) -> N
         truth["caption_matches"][i] = False
 
 
-def write_sample(output: str, rows: int, shards: int = 1, seed: int = 0, mismatch: float = 0.0) -> dict:
-    samples, truth = generate(rows, seed=seed, mismatch=mismatch)
+def write_sample(output: str, rows: int, shards: int = 1, seed: int = 0, mismatch: float = 0.0,
+                 fractions: dict | None = None) -> dict:
+    samples, truth = generate(rows, seed=seed, mismatch=mismatch, fractions=fractions)
     shards = max(1, min(shards, rows or 1))
     bounds = np.linspace(0, rows, shards + 1).astype(int)
     paths = []
@@ -204,5 +216,6 @@ def write_sample(output: str, rows: int, shards: int = 1, seed: int = 0, mismatc
         paths.append(path)
     write_parquet_atomic(truth, os.path.join(output, "ground_truth", "ground_truth.parquet"))
     counts = {p: truth["problem"].to_pylist().count(p) for p in PROBLEMS}
+    counts = {p: n for p, n in counts.items() if n or PROBLEMS[p]}  # opt-in ones only when asked for
     counts["mismatched_caption"] = truth["caption_matches"].to_pylist().count(False)
     return {"shards": paths, "rows": rows, "planted": counts}
