@@ -1,13 +1,13 @@
 """`make demo`: the whole product, end to end, offline, on one machine, in a few minutes.
 
-1. `winnow sample` makes a pool with planted problems, watermark-like overlays, blurred images and
-   mismatched captions (ground truth kept aside);
-2. `winnow train-dfn` trains a tiny filter CLIP on a separate clean set (the DFN recipe);
-3. `winnow train-head` trains a watermark and a blur judge on that CLIP's embeddings of a few hundred
-   labelled rows (examples/demo_heads.py);
+1. `winnow sample` makes a pool with planted problems, watermark-like overlays and mismatched captions
+   (ground truth kept aside);
+2. `winnow train-dfn` trains a tiny filter CLIP on a separate well-captioned set (the DFN recipe);
+3. `winnow train-head` trains a watermark judge on that CLIP's embeddings of a few hundred labelled rows
+   (examples/demo_heads.py);
 4. MetaCLIP metadata is derived from the sample's own vocabulary; a tiny random-weight VLM is built;
 5. the pool is served by an HTTP server on 127.0.0.1 and `winnow run` runs download -> basic filter ->
-   dedup -> DFN scores and the judges (one encoder pass) -> filter (judges' thresholds, DFN keep top 75%)
+   dedup -> DFN score and watermark judge (one encoder pass) -> filter (judge's threshold, DFN keep top 75%)
    -> MetaCLIP balancing -> recaption on an embedded local Ray, writing manifests, the kept set and report.html;
 6. the manifest is scored against the ground truth: how much of each planted problem was caught.
 
@@ -35,9 +35,12 @@ ROWS = int(os.environ.get("WINNOW_DEMO_ROWS", "2000"))
 DFN_STEPS = int(os.environ.get("WINNOW_DEMO_DFN_STEPS", "150"))
 LABELLED = int(os.environ.get("WINNOW_DEMO_LABELLED", "600"))
 # A tiny ResNet CLIP (stages/models/configs/winnow-tiny-rn.json) at 128 px: the 64 px tiny ViT is faster
-# but its embeddings barely see a watermark (held-out AUC ~0.65 against ~0.9 here).
+# but its embeddings barely see a watermark (the judge's held-out AUC ~0.65 against ~0.9 here).
 DFN_ARCH = "winnow-tiny-rn"
-WATERMARKED, BLURRED = 0.08, 0.03
+WATERMARKED = 0.08
+# Part of the filter CLIP's training set is watermarked and its alt-text says so, as some web alt-text
+# does: a CLIP never told about watermarks encodes them weakly (judge AUC ~0.86 against ~0.92, measured).
+HQ_WATERMARKED = 0.3
 OUT = os.path.abspath(os.environ.get("WINNOW_DEMO_OUT", "demo_out"))
 
 
@@ -77,6 +80,14 @@ def url_list(pool_dir: str, urls_dir: str, base_url: str) -> dict[str, bytes]:
     return images
 
 
+def training_set(rows: int) -> pa.Table:
+    """The filter CLIP's training pairs: no planted problems; watermarked images say so in their caption."""
+    samples, truth = generate(rows, seed=101, fractions={**{k: 0.0 for k in PROBLEMS}, "watermark": HQ_WATERMARKED})
+    captions = [("watermarked picture: " if p == "watermark" else "") + c
+                for c, p in zip(samples["caption"].to_pylist(), truth["problem"].to_pylist())]
+    return samples.set_column(samples.schema.get_field_index("caption"), "caption", pa.array(captions, pa.string()))
+
+
 def pipeline_yaml(path: str, urls_dir: str, dfn_ckpt: str, heads: dict, metadata: str, vlm_dir: str) -> None:
     spec = {
         "input": urls_dir,
@@ -108,20 +119,19 @@ def main() -> int:
     os.makedirs(OUT, exist_ok=True)
     pool = os.path.join(OUT, "pool")
     step(f"1/6 generate a pool of {ROWS} pairs with planted problems (20% mismatched captions, "
-         f"{WATERMARKED:.0%} watermarked, {BLURRED:.0%} blurred)")
+         f"{WATERMARKED:.0%} watermarked)")
     winnow("sample", "--output", pool, "--rows", str(ROWS), "--shards", "4", "--seed", "0", "--mismatch", "0.2",
-           "--watermark", str(WATERMARKED), "--blurred", str(BLURRED))
+           "--watermark", str(WATERMARKED))
 
-    step("2/6 train a filter CLIP (DFN) on a separate clean set")
+    step("2/6 train a filter CLIP (DFN) on a separate well-captioned set")
     hq_dir = os.path.join(OUT, "hq")
-    samples, _ = generate(1500, seed=101, fractions={k: 0.0 for k in PROBLEMS})
     os.makedirs(hq_dir, exist_ok=True)
-    pq.write_table(samples, os.path.join(hq_dir, "hq.parquet"))
+    pq.write_table(training_set(1500), os.path.join(hq_dir, "hq.parquet"))
     dfn_ckpt = os.path.join(OUT, "models", "dfn-tiny.pt")
     winnow("train-dfn", "--data", hq_dir, "--model", f"open_clip:{DFN_ARCH}", "--output", dfn_ckpt,
            "--steps", str(DFN_STEPS))
 
-    step(f"3/6 train watermark and blur judges on the filter CLIP's embeddings of {LABELLED} labelled rows")
+    step(f"3/6 train a watermark judge on the filter CLIP's embeddings of {LABELLED} labelled rows")
     heads = train_judges(winnow, os.path.join(OUT, "judges"), f"open_clip:{DFN_ARCH}@{dfn_ckpt}", LABELLED)
 
     step("4/6 derive MetaCLIP metadata from the pool's vocabulary; build a tiny random-weight captioner")

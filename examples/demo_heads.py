@@ -1,10 +1,10 @@
-"""The demo's image judges: embedding heads trained on the spot from a few hundred labelled rows.
+"""The demo's image judge: a watermark head trained on the spot from a few hundred labelled rows.
 
-A labeller marks a few hundred images as watermarked or blurred (here: a separate `winnow sample` set
+A labeller marks a few hundred images as watermarked or not (here: a separate `winnow sample` set
 whose ground truth stands in for the labeller). The filter CLIP embeds them once (`winnow stage
-clip_score` with ``embeddings_dir``), `winnow train-head` fits one linear head per judgement on those
-cached embeddings (held-out ROC AUC printed), and the pipeline's DFN stage runs the heads on the
-embeddings it computes anyway: no extra decode, no extra encoder pass.
+clip_score` with ``embeddings_dir``), `winnow train-head` fits a linear head on those cached
+embeddings (held-out ROC AUC printed), and the pipeline's DFN stage runs the head on the embeddings
+it computes anyway: no extra decode, no extra encoder pass.
 """
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 from winnow.pipeline.tools.sample import PROBLEMS, generate
 
 # judge column -> planted problem it learns; the pipeline rejects a row whose score is >= THRESHOLD
-JUDGES = {"watermark": "watermark", "blurred": "blurred"}
+JUDGES = {"watermark": "watermark"}
 THRESHOLD = 0.5
 
 
 def labelled_set(folder: str, rows: int, seed: int = 103) -> dict[str, str]:
     """Write a labelled image set and one ``uid,label`` CSV per judge; returns judge -> labels path."""
     clean = {k: 0.0 for k in PROBLEMS}
-    samples, truth = generate(rows, seed=seed, fractions={**clean, "watermark": 0.3, "blurred": 0.2})
+    samples, truth = generate(rows, seed=seed, fractions={**clean, "watermark": 0.3})
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     pq.write_table(samples, os.path.join(folder, "images", "labelled.parquet"))
     problems = truth["problem"].to_pylist()

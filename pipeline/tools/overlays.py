@@ -4,7 +4,10 @@ A watermark is what stock-photo sites and aggregators stamp on web images: semi-
 (a site name, a copyright line) or a logo (a ring with a letter in it), white or black, at a random
 place and size, sometimes repeated diagonally across the picture. The overlay is large enough to
 survive a CLIP model's downscale (its strokes are a few percent of the short side), as real
-stock watermarks are: a mark that vanishes at 224 px is not one a training set needs to drop.
+stock watermarks are: a mark that vanishes at 224 px is not one a training set needs to drop. A single
+mark lies inside the central square of the picture, the part a CLIP model's centre crop keeps: a mark
+in a cropped-off margin is invisible to every embedding-based judge (LAION's included), so planting
+it there would test the crop, not the judge.
 Blur is a Gaussian blur whose radius is 1.5-4% of the short side (an out-of-focus or upscaled photo).
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ def add_watermark(img, rng: np.random.Generator):
 
     w, h = img.size
     short = min(w, h)
+    x0, y0 = (w - short) // 2, (h - short) // 2  # the central square: what a centre crop keeps
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     shade = 255 if rng.random() < 0.7 else 0
@@ -29,7 +33,7 @@ def add_watermark(img, rng: np.random.Generator):
     kind = rng.random()
     if kind < 0.25:  # a logo: a thick ring with a letter in it
         r = int(short * rng.uniform(0.16, 0.26))
-        cx, cy = int(rng.integers(r, w - r + 1)), int(rng.integers(r, h - r + 1))
+        cx, cy = x0 + int(rng.integers(r, short - r + 1)), y0 + int(rng.integers(r, short - r + 1))
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=colour, width=max(3, r // 4))
         font = ImageFont.load_default(size=max(10, int(r * 1.1)))
         draw.text((cx, cy), str(rng.choice(list("SPWA©"))), fill=colour, font=font, anchor="mm")
@@ -49,9 +53,13 @@ def add_watermark(img, rng: np.random.Generator):
             layer = tile.crop((w // 2, h // 2, w // 2 + w, h // 2 + h))
         else:  # one line of text somewhere
             left, top, right, bottom = draw.textbbox((0, 0), text, font=font, stroke_width=stroke)
+            while right - left > short and size > 10:  # a long line shrinks to fit the square
+                size = max(10, int(size * 0.85))
+                font = ImageFont.load_default(size=size)
+                left, top, right, bottom = draw.textbbox((0, 0), text, font=font, stroke_width=stroke)
             tw, th = right - left, bottom - top
-            x = int(rng.integers(0, max(1, w - tw)))
-            y = int(rng.integers(0, max(1, h - th)))
+            x = x0 + int(rng.integers(0, max(1, short - tw)))
+            y = y0 + int(rng.integers(0, max(1, short - th)))
             draw.text((x - left, y - top), text, fill=colour, font=font, stroke_width=stroke, stroke_fill=colour)
     return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
 

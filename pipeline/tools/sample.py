@@ -116,7 +116,9 @@ def generate(rows: int, seed: int = 0, mismatch: float = 0.0,
     images: list[bytes | None] = []
     captions: list[str | None] = []
     truth = {"uid": uids, "problem": [], "dup_of": [], "caption_matches": [], "objects": []}
-    clean: list[int] = []  # rows with a normal image, usable as duplicate sources
+    # rows with no planted problem: duplicate sources (a copy of a long-caption or watermarked row would
+    # carry two problems, and the ground truth names one)
+    clean: list[int] = []
     for i in range(rows):
         problem = plan[i]
         w, h = int(rng.integers(256, 641)), int(rng.integers(256, 641))
@@ -157,7 +159,7 @@ def generate(rows: int, seed: int = 0, mismatch: float = 0.0,
             caption = "" if rng.random() < 0.5 else None
         elif problem == "long_caption":
             caption = " ".join([caption] * 400)
-        if problem is None or problem in ("long_caption",):
+        if problem is None:
             clean.append(i)
         images.append(data)
         captions.append(caption)
@@ -194,7 +196,7 @@ def _assign_problems(rng, rows: int, fractions: dict) -> list[str | None]:
 def _swap_captions(rng, captions, truth, clean: list[int], fraction: float) -> None:
     """Give ``fraction`` of clean rows another row's caption (a derangement, so none keeps its own)."""
     n = int(round(fraction * len(captions)))
-    candidates = [i for i in clean if truth["problem"][i] is None]
+    candidates = list(clean)
     if n < 2 or len(candidates) < 2:
         return
     chosen = [candidates[int(j)] for j in rng.choice(len(candidates), size=min(n, len(candidates)), replace=False)]

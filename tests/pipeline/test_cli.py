@@ -163,3 +163,18 @@ def test_sample_command_writes_shards_and_ground_truth(tmp_path):
     assert "planted:" in proc.stdout
     assert len(list((tmp_path / "s").glob("shard-*.parquet"))) == 3
     assert pq.read_table(tmp_path / "s" / "ground_truth").num_rows == 60
+
+
+def test_sample_command_plants_watermarks_and_blur_on_request(tmp_path):
+    proc = winnow("sample", "--output", tmp_path / "s", "--rows", 200, "--watermark", 0.1, "--blurred", 0.05,
+                  check=True)
+    assert "watermark=20" in proc.stdout and "blurred=10" in proc.stdout
+    problems = pq.read_table(tmp_path / "s" / "ground_truth")["problem"].to_pylist()
+    assert problems.count("watermark") == 20 and problems.count("blurred") == 10
+    plain = winnow("sample", "--output", tmp_path / "p", "--rows", 50, check=True)
+    assert "watermark" not in plain.stdout  # opt-in: not planted, not listed
+    assert_one_line_error(winnow("sample", "--output", tmp_path / "x", "--rows", 50, "--watermark", 1.5),
+                          "--watermark 1.5", "between 0 and 1")
+    assert_one_line_error(winnow("sample", "--output", tmp_path / "y", "--rows", 50, "--watermark", 0.9),
+                          "add up to", "watermark=0.9")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,9 +1,13 @@
 import io
 from collections import Counter
 
+import numpy as np
+import pytest
 from PIL import Image
 
-from winnow.pipeline.tools.sample import PROBLEMS, generate
+from winnow.pipeline.tools import overlays
+from winnow.pipeline.tools.sample import PROBLEMS, draw_scene, generate
+from winnow.stages.errors import WinnowError
 
 
 def test_planted_problems_in_known_proportions_and_deterministic():
@@ -56,3 +60,63 @@ def test_captions_describe_the_drawn_objects():
                                   truth["problem"].to_pylist()):
         if problem is None:
             assert all(o in cap for o in objs), (cap, objs)
+
+
+def test_watermarks_and_blur_are_planted_in_proportion_recorded_and_deterministic():
+    fractions = {"watermark": 0.1, "blurred": 0.05}
+    samples, truth = generate(400, seed=4, fractions=fractions)
+    again, _ = generate(400, seed=4, fractions=fractions)
+    assert samples.equals(again)
+    counts = Counter(p for p in truth["problem"].to_pylist() if p)
+    assert counts["watermark"] == 40 and counts["blurred"] == 20
+    for problem, frac in PROBLEMS.items():  # the other problems keep their proportions
+        if problem not in fractions:
+            assert counts[problem] == round(frac * 400), problem
+    for img, problem in zip(samples["image"].to_pylist(), truth["problem"].to_pylist()):
+        if problem in fractions:
+            assert min(Image.open(io.BytesIO(img)).size) >= 256  # a normal, decodable picture
+    _, plain = generate(400, seed=4)
+    assert not {"watermark", "blurred"} & set(plain["problem"].to_pylist())  # opt-in
+
+
+def test_planted_fractions_over_one_are_refused():
+    with pytest.raises(WinnowError, match="add up to 1.17"):
+        generate(100, fractions={"watermark": 0.95})
+
+
+def _scene(seed: int, w: int = 400, h: int = 300):
+    return draw_scene(np.random.default_rng(seed), w, h)[0]
+
+
+def test_watermark_is_semi_transparent_inside_the_centre_square_and_varies():
+    centres = []
+    for seed in range(40):
+        img = _scene(seed, 480, 300)
+        marked = overlays.add_watermark(img, np.random.default_rng(1000 + seed))
+        a = np.asarray(img, np.float64)
+        b = np.asarray(marked, np.float64)
+        changed = np.abs(b - a).max(axis=2) > 2
+        assert changed.mean() > 0.01, seed  # a visible mark, not a speck
+        # semi-transparent: each changed pixel moved at most ~82% of the way to pure white or pure black
+        moved = np.abs(b - a)[changed]
+        room = np.maximum(np.abs(255 - a), np.abs(a))[changed]
+        assert np.all(moved <= 0.83 * room + 2), seed
+        ys, xs = np.nonzero(changed)
+        tiled = changed[:, :90].any() and changed[:, -90:].any()
+        if not tiled:  # a single mark lies in the central 300x300 square (x 90..390), what a centre crop keeps
+            assert xs.min() >= 90 - 2 and xs.max() <= 390 + 2, seed
+        centres.append((xs.mean(), ys.mean()))
+    centres = np.array(centres)
+    assert centres[:, 0].std() > 15 and centres[:, 1].std() > 15  # random places, not one spot
+
+
+def test_blur_removes_fine_detail_and_keeps_the_size():
+    img = _scene(7)
+    blurred = overlays.blur(img, np.random.default_rng(7))
+    assert blurred.size == img.size
+
+    def detail(im):  # variance of the Laplacian: the usual sharpness measure
+        g = np.asarray(im.convert("L"), np.float64)
+        return (4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).var()
+
+    assert detail(blurred) < detail(img) / 10
