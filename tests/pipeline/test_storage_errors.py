@@ -72,7 +72,7 @@ def test_read_only_credentials_cannot_write_the_run(capsys, s3_auth_store, monke
 
 
 def test_a_throttling_store_gives_up_in_bounded_time(capsys, slow_down_endpoint, monkeypatch, tmp_path):
-    monkeypatch.setattr(storage, "RETRIES", 3)
+    monkeypatch.setattr(storage.paths, "RETRIES", 3)
     t0 = time.monotonic()
     line = one_line_error(capsys, "--input", "s3://bkt/in", "--output", tmp_path / "o",
                           "--endpoint-url", slow_down_endpoint.url)
@@ -82,7 +82,7 @@ def test_a_throttling_store_gives_up_in_bounded_time(capsys, slow_down_endpoint,
 
 
 def test_an_endpoint_nobody_listens_on(capsys, closed_endpoint, monkeypatch, tmp_path):
-    monkeypatch.setattr(storage, "RETRIES", 2)
+    monkeypatch.setattr(storage.paths, "RETRIES", 2)
     t0 = time.monotonic()
     line = one_line_error(capsys, "--input", "s3://bkt/in", "--output", tmp_path / "o",
                           "--endpoint-url", closed_endpoint)

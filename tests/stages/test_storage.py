@@ -236,7 +236,7 @@ def test_configure_wins_over_the_environment(s3_bucket, s3_server, monkeypatch, 
 def test_requests_go_to_the_endpoint_path_style(monkeypatch):
     """Every request reaches our endpoint, addressed to it (not to <bucket>.s3.amazonaws.com)."""
     endpoint = FailingEndpoint()
-    monkeypatch.setattr(storage, "RETRIES", 2)
+    monkeypatch.setattr(storage.paths, "RETRIES", 2)
     try:
         storage.configure(endpoint_url=endpoint.url)
         with pytest.raises(WinnowError):

@@ -77,8 +77,8 @@ def test_read_only_credentials_read_but_cannot_write(s3_auth_store, monkeypatch)
 
 
 def bounded_retries(monkeypatch, endpoint: str, attempts: int = 3, request_timeout: int = 60) -> None:
-    monkeypatch.setattr(storage, "RETRIES", attempts)
-    monkeypatch.setattr(storage, "REQUEST_TIMEOUT", request_timeout)
+    monkeypatch.setattr(storage.paths, "RETRIES", attempts)
+    monkeypatch.setattr(storage.paths, "REQUEST_TIMEOUT", request_timeout)
     storage.configure(endpoint_url=endpoint)
 
 
