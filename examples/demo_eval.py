@@ -16,7 +16,6 @@ CATCHERS = {
     "exact_duplicate": (lambda s, r: r == "dup:image", "dup:image"),
     "near_duplicate": (lambda s, r: r == "dup:phash", "dup:phash"),
     "watermark": (lambda s, r: r.startswith("filter:watermark "), "watermark head"),
-    "blurred": (lambda s, r: r.startswith("filter:blurred "), "blurred head"),
     "mismatched_caption": (lambda s, r: r == "below_keep_top:dfn_score", "dfn score (keep top 75%)"),
 }
 
