@@ -48,9 +48,9 @@ def scorecard(manifest: pa.Table, truth: pa.Table) -> list[dict]:
 
 def print_scorecard(rows: list[dict]) -> None:
     print(f"{'planted problem':<20} {'caught by':<28} {'planted':>7} {'caught':>7} {'recall':>7} {'precision':>9}"
-          f" {'rejected earlier':>16}")
+          f" {'rejected elsewhere':>18}")
     for r in rows:
         recall = "-" if r["recall"] is None else f"{r['recall']:.2f}"
         precision = "-" if r["precision"] is None else f"{r['precision']:.2f}"
         print(f"{r['problem']:<20} {r['catcher']:<28} {r['planted']:>7} {r['caught']:>7} {recall:>7} {precision:>9}"
-              f" {r['rejected_elsewhere']:>16}")
+              f" {r['rejected_elsewhere']:>18}")
