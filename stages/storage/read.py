@@ -169,9 +169,7 @@ def dataset(path: str):
         with _on_store(path, "read"):
             return ds.dataset([resolve(f)[1] for f in files], filesystem=fs, format="parquet")
     fs, p = resolve(path)
-    if not is_remote(path):
-        return ds.dataset(p, filesystem=fs, format="parquet")
-    with _on_store(path, "read"):
+    with _on_store(path, "read") if is_remote(path) else contextlib.nullcontext():
         return ds.dataset(p, filesystem=fs, format="parquet")
 
 
