@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from examples.demo_eval import print_scorecard, scorecard
-from examples.demo_heads import keep_where, train_judges
+from examples.demo_heads import KEEP_WHERE, train_watermark_head
 from examples.demo_server import ImageServer
 from winnow.pipeline.tools.sample import COLORS, PROBLEMS, SHAPES, generate
 
@@ -101,7 +101,7 @@ def pipeline_yaml(path: str, urls_dir: str, dfn_ckpt: str, heads: dict, metadata
             {"stage": "dedup_phash", "radius": 6},
             {"stage": "dfn", "model": f"open_clip:{DFN_ARCH}@{dfn_ckpt}", "keep_top": 0.0, "heads": heads,
              "embeddings_dir": "embeddings", "cpus": 1.0},
-            {"stage": "filter", "name": "quality", "keep_where": keep_where(),
+            {"stage": "filter", "name": "quality", "keep_where": KEEP_WHERE,
              "keep_top": {"column": "dfn_score", "fraction": 0.75}},
             {"stage": "metaclip", "metadata": metadata, "target_fraction": 0.8},
             {"stage": "recaption", "model": vlm_dir, "max_new_tokens": 12, "gpus": 0.0,
@@ -132,7 +132,7 @@ def main() -> int:
            "--steps", str(DFN_STEPS))
 
     step(f"3/6 train a watermark judge on the filter CLIP's embeddings of {LABELLED} labelled rows")
-    heads = train_judges(winnow, os.path.join(OUT, "judges"), f"open_clip:{DFN_ARCH}@{dfn_ckpt}", LABELLED)
+    head = train_watermark_head(winnow, os.path.join(OUT, "judges"), f"open_clip:{DFN_ARCH}@{dfn_ckpt}", LABELLED)
 
     step("4/6 derive MetaCLIP metadata from the pool's vocabulary; build a tiny random-weight captioner")
     metadata = os.path.join(OUT, "metadata.json")
@@ -147,7 +147,7 @@ def main() -> int:
         server_images = url_list(pool, os.path.join(OUT, "urls"), server.base_url)
         server.images.update(server_images)
         yaml_path = os.path.join(OUT, "demo.yaml")
-        pipeline_yaml(yaml_path, os.path.join(OUT, "urls"), dfn_ckpt, heads, metadata, vlm_dir)
+        pipeline_yaml(yaml_path, os.path.join(OUT, "urls"), dfn_ckpt, {"watermark": head}, metadata, vlm_dir)
         print(f"serving {len(server_images)} images at {server.base_url}; pipeline: {yaml_path}")
         winnow("run", yaml_path)
 

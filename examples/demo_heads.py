@@ -16,40 +16,28 @@ import pyarrow.parquet as pq
 
 from winnow.pipeline.tools.sample import PROBLEMS, generate
 
-# judge column -> planted problem it learns; the pipeline rejects a row whose score is >= THRESHOLD
-JUDGES = {"watermark": "watermark"}
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # the pipeline rejects a row whose watermark score is >= this
+KEEP_WHERE = f"watermark < {THRESHOLD}"  # a rejection reads filter:watermark < 0.5
 
 
-def labelled_set(folder: str, rows: int, seed: int = 103) -> dict[str, str]:
-    """Write a labelled image set and one ``uid,label`` CSV per judge; returns judge -> labels path."""
+def labelled_set(folder: str, rows: int, seed: int = 103) -> str:
+    """Write a labelled image set (30% watermarked) and its ``uid,label`` CSV; returns the CSV's path."""
     clean = {k: 0.0 for k in PROBLEMS}
     samples, truth = generate(rows, seed=seed, fractions={**clean, "watermark": 0.3})
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     pq.write_table(samples, os.path.join(folder, "images", "labelled.parquet"))
-    problems = truth["problem"].to_pylist()
-    paths = {}
-    for judge, problem in JUDGES.items():
-        paths[judge] = os.path.join(folder, f"{judge}-labels.csv")
-        labels = pa.table({"uid": truth["uid"], "label": pa.array([int(p == problem) for p in problems], pa.int8())})
-        pcsv.write_csv(labels, paths[judge])
-    return paths
+    path = os.path.join(folder, "watermark-labels.csv")
+    marked = [int(p == "watermark") for p in truth["problem"].to_pylist()]
+    pcsv.write_csv(pa.table({"uid": truth["uid"], "label": pa.array(marked, pa.int8())}), path)
+    return path
 
 
-def train_judges(winnow, folder: str, model: str, rows: int) -> dict[str, str]:
-    """Embed the labelled set with ``model``, train one head per judge; returns column -> head spec."""
+def train_watermark_head(winnow, folder: str, model: str, rows: int) -> str:
+    """Embed the labelled set with ``model`` and train a linear head on it; returns the head spec."""
     labels = labelled_set(folder, rows)
     run = os.path.join(folder, "embed")
     winnow("stage", "clip_score", "--input", os.path.join(folder, "images"), "--output", run, "--quiet",
            "--set", f"model={model}", "--set", "embeddings_dir=embeddings", "--set", "cpus=1")
-    heads = {}
-    for judge, path in labels.items():
-        out = os.path.join(folder, f"{judge}-head.pt")
-        winnow("train-head", "--embeddings", os.path.join(run, "embeddings"), "--labels", path, "--output", out)
-        heads[judge] = f"head:winnow@{out}"
-    return heads
-
-
-def keep_where() -> str:
-    """The filter stage's predicate: a rejection names the first judge that failed and its threshold."""
-    return " and ".join(f"{judge} < {THRESHOLD}" for judge in JUDGES)
+    out = os.path.join(folder, "watermark-head.pt")
+    winnow("train-head", "--embeddings", os.path.join(run, "embeddings"), "--labels", labels, "--output", out)
+    return f"head:winnow@{out}"

@@ -17,7 +17,7 @@ def test_watermark_head_on_tiny_clip_embeddings_reaches_auc_0_9(tmp_path):
     pq.write_table(training_set(1500), hq / "hq.parquet")
     ckpt = tmp_path / "clip.pt"
     train_dfn.train(str(hq), f"open_clip:{DFN_ARCH}", str(ckpt), steps=150)
-    labels = labelled_set(str(tmp_path / "labelled"), 800)["watermark"]
+    labels = labelled_set(str(tmp_path / "labelled"), 800)
     run = tmp_path / "embed"
     assert cli.main(["stage", "clip_score", "--input", str(tmp_path / "labelled" / "images"), "--output", str(run),
                      "--quiet", "--set", f"model=open_clip:{DFN_ARCH}@{ckpt}", "--set", "embeddings_dir=embeddings",
